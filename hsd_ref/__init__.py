@@ -11,9 +11,18 @@ from .models import TableLM
 from .scheme import PLACEHOLDER, Plan, Scheme, SingleDraftScheme, VerifyResult
 from .enumerate import iteration_law, sequence_law
 from .registry import SCHEMES, get_scheme
+from .check import Counterexample, Instance, LosslessReport, check_lossless
+from .stats import coupling_check, expected_accepted, tokens_per_target_call
 
 __all__ = [
+    "Counterexample",
     "Dist",
+    "Instance",
+    "LosslessReport",
+    "check_lossless",
+    "coupling_check",
+    "expected_accepted",
+    "tokens_per_target_call",
     "HSDInputError",
     "PLACEHOLDER",
     "Plan",

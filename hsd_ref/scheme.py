@@ -110,13 +110,18 @@ class Plan:
 
     def tau_from_draws(self, draws: Sequence[Fraction]) -> int:
         k = len(self.chances)
+
+        def passes(i: int) -> bool:  # u < chance; chances 0 and 1 need no draw (greedy passes none)
+            c = self.chances[i]
+            return c == 1 or (c != 0 and draws[i] < c)
+
         if self.order == "forward":
             for i in range(k):
-                if not draws[i] < self.chances[i]:
+                if not passes(i):
                     return i
             return k
         for i in range(k, 0, -1):
-            if draws[i - 1] < self.chances[i - 1]:
+            if passes(i - 1):
                 return i
         return 0
 
