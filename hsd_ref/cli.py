@@ -79,6 +79,12 @@ def audit_ok(row: dict) -> bool:
     return ok
 
 
+def show(x: Fraction) -> str:
+    """A Fraction as text; long ones (K-SEQ's bisected rho) as a 6-digit decimal marked approximate."""
+    text = str(x)
+    return text if len(text) <= 12 else f"≈{float(x):.6f}"
+
+
 def format_table(rows: list[dict], markdown: bool) -> str:
     head = ["scheme", "claim", "verdict", "instances", "max TV", "E[accepted] toy k=1..4", "coupling bound", "covered by"]
     body = []
@@ -88,8 +94,8 @@ def format_table(rows: list[dict], markdown: bool) -> str:
             "lossless" if r["claimed"] else "lossy",
             verdict(r),
             str(r["instances"]),
-            str(r["max_tv"]) if r["max_tv"] else "0",
-            ", ".join(str(x) for x in r["e_accepted"]),
+            show(r["max_tv"]),
+            ", ".join(show(x) for x in r["e_accepted"]),
             r["coupling"],
             r["theorem"],
         ])

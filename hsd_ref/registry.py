@@ -10,6 +10,9 @@ from .schemes.hsd_naive import HSDNaive
 from .schemes.hsd_released import HSDReleased
 from .schemes.lenience import Lenience
 from .schemes.resample_from_target import ResampleFromTarget
+from .schemes.rrs import RRS
+from .schemes.rrs_without_replacement import RRSWithoutReplacement
+from .schemes.spectr_kseq import SpecTrKSeq
 from .schemes.tokenwise import Tokenwise
 
 __all__ = ["SCHEMES", "get_scheme", "lossless_schemes", "lossy_schemes"]
@@ -22,6 +25,9 @@ SCHEMES = {
         Block(),
         HSDCapped(),
         HSDNaive(),
+        RRS(n_drafts=2),
+        RRSWithoutReplacement(n_drafts=2),
+        SpecTrKSeq(n_drafts=2),
         HSDReleased(),
         Lenience(),
         ResampleFromTarget(),
