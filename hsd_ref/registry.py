@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .schemes.block import Block
 from .schemes.greedy import Greedy
+from .schemes.hierarchy import hierarchy, hierarchy_resample_middle
 from .schemes.hsd_capped import HSDCapped
 from .schemes.hsd_naive import HSDNaive
 from .schemes.hsd_released import HSDReleased
@@ -28,9 +29,11 @@ SCHEMES = {
         RRS(n_drafts=2),
         RRSWithoutReplacement(n_drafts=2),
         SpecTrKSeq(n_drafts=2),
+        hierarchy(),
         HSDReleased(),
         Lenience(),
         ResampleFromTarget(),
+        hierarchy_resample_middle(),
     )
 }
 

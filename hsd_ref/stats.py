@@ -26,7 +26,7 @@ from .exact import HSDInputError
 from .models import TableLM, check_context, check_pair
 from .scheme import Scheme, check_k, law_add
 
-__all__ = ["accepted_law", "expected_accepted", "tokens_per_target_call", "coupling_bounds", "CouplingCheck", "coupling_check"]
+__all__ = ["accepted_law", "expected_accepted", "tokens_per_target_call", "coupling_bounds", "CouplingCheck", "coupling_check", "coupling_bound_applies"]
 
 
 def accepted_law(scheme: Scheme, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> dict[int, Fraction]:
@@ -94,10 +94,16 @@ class CouplingCheck:
         return all(t <= b for t, b in zip(self.tail, self.bounds))
 
 
+def coupling_bound_applies(scheme: Scheme) -> bool:
+    """True for single-draft schemes whose accepted prefix is a sample of ``draft`` (the bound's
+    premise); multi-draft schemes and hierarchies (whose target sees a middle model's draft) opt out."""
+    return bool(getattr(scheme, "coupling_bound_applies", getattr(scheme, "n_drafts", 1) == 1))
+
+
 def coupling_check(scheme: Scheme, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> CouplingCheck:
     """Compare ``P(tau >= i)`` with the coupling bound for a single-draft scheme."""
-    if getattr(scheme, "n_drafts", 1) != 1:
-        raise HSDInputError(f"scheme: {scheme.name!r} is multi-draft; the single-draft coupling bound does not apply")
+    if not coupling_bound_applies(scheme):
+        raise HSDInputError(f"scheme: {scheme.name!r} is not a single-draft scheme; the coupling bound does not apply")
     law = accepted_law(scheme, target, draft, prefix, k)
     tail = tuple(sum((m for t, m in law.items() if t >= i), Fraction(0)) for i in range(1, k + 1))
     bounds = tuple(coupling_bounds(scheme, target, draft, prefix, k))
