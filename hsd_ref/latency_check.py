@@ -15,7 +15,6 @@ Three checks (issue 3, docs/latency.md §8):
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence

@@ -44,7 +44,7 @@ from typing import Sequence
 
 from .exact import Dist, HSDInputError, as_dist, normalize, positive_part, sample_index
 from .models import TableLM, check_context, check_pair
-from .scheme import PLACEHOLDER, VerifyResult, check_draws, check_k, law_add
+from .scheme import PLACEHOLDER, JointLawMixin, VerifyResult, check_draws, check_k, law_add
 
 __all__ = [
     "MultiDraftScheme",
@@ -104,7 +104,7 @@ def drop_token(q_row: Sequence[Fraction], x: int) -> tuple[Fraction, ...]:
     return res if res is not None else weights
 
 
-class MultiDraftScheme:
+class MultiDraftScheme(JointLawMixin):
     """Base class of the multi-draft schemes.
 
     A subclass sets ``name``, ``theorem`` and ``replacement`` (the drafting law: ``True`` for ``N``
@@ -252,15 +252,6 @@ class MultiDraftScheme:
                 if pv:
                     law_add(law, path + (v,), mass * pv)
         return {(len(seq) - 1, seq): mass for seq, mass in law.items()}
-
-    def outcome_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> Law:
-        return {seq: mass for (_, seq), mass in self.joint_law(target, draft, prefix, k).items()}
-
-    def accepted_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> dict[int, Fraction]:
-        law: dict[int, Fraction] = {}
-        for (tau, _), mass in self.joint_law(target, draft, prefix, k).items():
-            law_add(law, tau, mass)
-        return law
 
     # -- draw-for-draw verification ------------------------------------------------------------
 

@@ -37,6 +37,7 @@ __all__ = [
     "VerifyResult",
     "Plan",
     "SingleDraftScheme",
+    "JointLawMixin",
     "check_k",
     "check_draws",
     "law_add",
@@ -162,7 +163,27 @@ def law_add(law: dict, key: object, mass: Fraction) -> None:
         law[key] = law.get(key, Fraction(0)) + mass
 
 
-class SingleDraftScheme:
+class JointLawMixin:
+    """``outcome_law`` and ``accepted_law`` as the two marginals of ``joint_law``, the exact law of
+    ``(num_accepted, emitted tokens)`` that every hsd_ref scheme class computes."""
+
+    def joint_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> dict[tuple[int, tuple[int, ...]], Fraction]:
+        raise NotImplementedError
+
+    def outcome_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> Law:
+        law: Law = {}
+        for (_, tokens), m in self.joint_law(target, draft, prefix, k).items():
+            law_add(law, tokens, m)
+        return law
+
+    def accepted_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> dict[int, Fraction]:
+        law: dict[int, Fraction] = {}
+        for (tau, _), m in self.joint_law(target, draft, prefix, k).items():
+            law_add(law, tau, m)
+        return law
+
+
+class SingleDraftScheme(JointLawMixin):
     """Base class: a scheme defined by :meth:`plan`.  Subclasses set ``name``, ``lossless``,
     ``theorem`` (the proof that covers it, or the counterexample) and implement ``plan``."""
 
@@ -218,18 +239,6 @@ class SingleDraftScheme:
                     walk(xs + (v,), mass * qv, t_rows, d_rows + [q])
 
         walk((), Fraction(1), [], [])
-        return law
-
-    def outcome_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> Law:
-        law: Law = {}
-        for (_, tokens), m in self.joint_law(target, draft, prefix, k).items():
-            law_add(law, tokens, m)
-        return law
-
-    def accepted_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> dict[int, Fraction]:
-        law: dict[int, Fraction] = {}
-        for (tau, _), m in self.joint_law(target, draft, prefix, k).items():
-            law_add(law, tau, m)
         return law
 
     # -- draw-for-draw verification ------------------------------------------------------------

@@ -53,7 +53,7 @@ from typing import Callable, Mapping, Sequence
 
 from ..exact import HSDInputError, as_fraction, sample_index
 from ..models import TableLM, check_context, check_pair
-from ..scheme import SingleDraftScheme, check_k, law_add
+from ..scheme import JointLawMixin, SingleDraftScheme, check_k, law_add
 from .block import Block
 from .resample_from_target import ResampleFromTarget
 from .tokenwise import Tokenwise
@@ -184,7 +184,7 @@ class CostReport:
 # ---------------------------------------------------------------------------------------- scheme
 
 
-class Hierarchy:
+class Hierarchy(JointLawMixin):
     """An exact multi-level hierarchy (module docstring).
 
     ``middles``: ``"mix"`` (one middle, ``(target + draft) / 2``), or a sequence of middle specs from
@@ -324,22 +324,10 @@ class Hierarchy:
     # -- exact laws ----------------------------------------------------------------------------
 
     def joint_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> dict[tuple[int, tuple[int, ...]], Fraction]:
-        """Exact law of ``(tokens of the batch accepted by the target, emitted tokens)``."""
+        """Exact law of ``(tokens of the batch accepted by the target, emitted tokens)``; its marginals
+        are ``outcome_law`` and ``accepted_law`` (:class:`JointLawMixin`)."""
         eng, prefix, th = self._prepare(target, draft, prefix, k)
         return dict(eng.top(prefix, th)[0])
-
-    def outcome_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> Law:
-        law: Law = {}
-        for (_, tokens), m in self.joint_law(target, draft, prefix, k).items():
-            law_add(law, tokens, m)
-        return law
-
-    def accepted_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> dict[int, Fraction]:
-        """Law of the number of tokens of the final batch accepted by the target."""
-        law: dict[int, Fraction] = {}
-        for (tau, _), m in self.joint_law(target, draft, prefix, k).items():
-            law_add(law, tau, m)
-        return law
 
     def batch_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int, level: int) -> Law:
         """Exact law of one batch passed up by ``level`` (``0 <= level < n``) from ``prefix``."""
