@@ -1,4 +1,11 @@
 """hsd_fast: the batched PyTorch engine (verification kernels, decoding engine, fidelity reports).
 
 Every scheme here has the same name as its exact twin in :mod:`hsd_ref`, which is its oracle.
+``hsd_fast.verify(scheme, target_probs, draft_probs, draft_tokens, *, generator=None, seeds=None,
+draws=None)`` is the batched verification entry point (its module is ``hsd_fast.verify`` too: use
+``from hsd_fast.verify import ...`` for the helpers).
 """
+
+from .verify import KERNELS, VerifyOutput, draws_needed, seeded_uniforms, verify
+
+__all__ = ["KERNELS", "VerifyOutput", "draws_needed", "seeded_uniforms", "verify"]
