@@ -1,0 +1,63 @@
+"""The scheme registry drives conformance: a scheme without its exact check, its fast twin and its
+statistical test is not done.  This meta-test fails when a scheme is registered without them.
+
+* exact check: every registered scheme is audited (``hsd-ref audit``) and parametrised into the
+  exact tests of ``tests/ref``; here we run ``check_lossless`` once more on the smallest family;
+* fast twin: a kernel under the same name in ``hsd_fast.verify.KERNELS``;
+* statistical test: the scheme is in the fidelity run (``hsd_fast.fidelity``), lossy controls as
+  power checks.
+
+Exemptions are listed with their reason and must stay in sync with the registry.
+"""
+
+import pytest
+
+from hsd_ref import SCHEMES, check_lossless
+
+# lossless schemes whose fast twin is not a probability-row kernel, with the reason
+NO_KERNEL = {
+    "hsd_naive": "resamples every position after tau off the draft path, so it needs the target and draft "
+    "models (k - tau - 1 extra sequential calls); its verify takes the models, not probability rows",
+    "hierarchy": "a cascade of models, each level verified by a single-draft kernel (tokenwise, block, ...); "
+    "the hsd_fast engine composes them, there is no one-call kernel",
+}
+# lossy controls the fidelity run does not sample, with the reason
+NO_FIDELITY_CONTROL = {
+    "hierarchy_resample_middle": "a model stack, not a verification kernel; caught exactly by the audit and tests/ref/test_hierarchy.py",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMES))
+def test_every_registered_scheme_matches_its_claim_exactly(name):
+    scheme = SCHEMES[name]
+    report = check_lossless(scheme, vocab_sizes=(2,), ks=(1, 2), n_tokens=3, instances=1)
+    assert report.lossless == scheme.lossless, str(report)
+    assert getattr(scheme, "theorem", ""), f"{name}: the scheme must name the proof or counterexample covering it"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SCHEMES.items() if s.lossless))
+def test_every_lossless_scheme_has_a_fast_twin_and_a_statistical_test(name):
+    from hsd_fast.fidelity import LOSSLESS_SCHEMES
+    from hsd_fast.verify import KERNELS
+
+    if name in NO_KERNEL:
+        assert name not in KERNELS, f"{name} now has a kernel: remove its exemption"
+        pytest.skip(f"{name}: {NO_KERNEL[name]}")
+    assert name in KERNELS, f"{name}: no hsd_fast kernel"
+    assert name in LOSSLESS_SCHEMES, f"{name}: not in the fidelity run"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SCHEMES.items() if not s.lossless))
+def test_every_lossy_control_is_a_power_check_of_the_fidelity_run(name):
+    from hsd_fast.fidelity import CONTROL_SCHEMES
+
+    if name in NO_FIDELITY_CONTROL:
+        pytest.skip(f"{name}: {NO_FIDELITY_CONTROL[name]}")
+    assert name in CONTROL_SCHEMES
+
+
+def test_exemptions_name_registered_schemes_and_every_kernel_has_an_exact_twin():
+    from hsd_fast.verify import KERNELS
+
+    assert set(NO_KERNEL) <= set(SCHEMES) and set(NO_FIDELITY_CONTROL) <= set(SCHEMES)
+    assert set(KERNELS) <= {n for n, s in SCHEMES.items() if s.lossless}
