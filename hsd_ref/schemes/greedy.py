@@ -26,7 +26,7 @@ from ..scheme import Plan, SingleDraftScheme
 class Greedy(SingleDraftScheme):
     name = "greedy"
     lossless = True
-    theorem = "proofs/coq/SpecLossless.v: spec_decoding_lossless (on point masses)"
+    theorem = "proofs/coq/SpecLossless.v: spec_decoding_lossless (on point masses); proofs/smt: greedy"
     needs_draft_probs = False
 
     def reference(self, target: TableLM) -> TableLM:

@@ -37,9 +37,9 @@ verification included.  So a passed buffer is an exact ``M_i`` stream stopped at
 stopping time; a token-wise verifier above only looks at the next token, and block verification
 above was found exact for stopping-time draft lengths by enumeration (not proved here).
 
-Lossless (lossless per-level verifiers): with truncation, composition of proofs/coq/SpecLossless.v
-``spec_decoding_lossless`` / proofs/coq/Block.v ``block_lossless`` by the stream argument above (not
-machine-checked as a composition); both surplus modes checked exactly by tests/ref/test_hierarchy.py.
+Lossless (lossless per-level verifiers): with truncation, proofs/coq/Compose.v
+``hierarchy_tokenwise_block_lossless`` (composition of the token-wise and block theorems); both surplus
+modes are checked exactly by tests/ref/test_hierarchy.py (``pass`` by enumeration only).
 """
 
 from __future__ import annotations
@@ -252,8 +252,7 @@ class Hierarchy(JointLawMixin):
             raise HSDInputError(f"name: expected a non-empty str, got {name!r}")
         self.name = name
         self.theorem = (
-            "composition of proofs/coq/SpecLossless.v spec_decoding_lossless / proofs/coq/Block.v block_lossless; "
-            "exact enumeration in tests/ref/test_hierarchy.py"
+            "proofs/coq/Compose.v: hierarchy_tokenwise_block_lossless (truncate); exact enumeration in tests/ref/test_hierarchy.py"
             if self.lossless
             else "counterexample by exact enumeration (tests/ref/test_hierarchy.py)"
         )

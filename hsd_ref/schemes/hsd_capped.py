@@ -21,7 +21,8 @@ Per draft, this equals block verification exactly (papers.md §3.4; ``tests/ref`
 ``==``).  A drafted token of draft probability 0 (or id -1) ends the usable draft: every ``h`` from
 there on is 0.  ``D*(q, p) = 0`` means the level is reached with probability 0; ``h = 1`` guards it.
 
-Lossless: proofs/coq/Block.v ``block_lossless`` (via the per-draft equality with block verification).
+Lossless: proofs/coq/HsdCapped.v ``hsd_capped_lossless`` (via ``hsd_eq_block``: the per-draft equality with
+block verification).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def joint_masses(target_probs, draft_probs, draft_tokens) -> tuple[list[Fraction
 class HSDCapped(SingleDraftScheme):
     name = "hsd_capped"
     lossless = True
-    theorem = "proofs/coq/Block.v: block_lossless (per-draft equal to block verification)"
+    theorem = "proofs/coq/HsdCapped.v: hsd_capped_lossless (via hsd_eq_block)"
 
     def final_acceptance(self, r_k: Fraction, running_max: Fraction) -> Fraction:
         """Eq. 19 at t = k: ``min(r*(X_{1:k}), 1)`` with the cap of the prefixes before k."""

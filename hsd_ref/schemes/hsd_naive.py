@@ -42,7 +42,7 @@ def branch_excess(P_t: Fraction, Q_t: Fraction, p_row, q_row) -> tuple[tuple[Fra
 class HSDNaive(SingleDraftScheme):
     name = "hsd_naive"
     lossless = True
-    theorem = "exact enumeration (hsd_ref.check_lossless) and proofs/smt (fixed V)"
+    theorem = "proofs/smt: hsd_naive (z3, fixed vocabulary) + exact enumeration (hsd_ref.check_lossless)"
 
     def draws_needed(self, k: int) -> int:
         return max(2 * k, k + 1)
