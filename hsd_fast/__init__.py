@@ -7,5 +7,18 @@ draws=None)`` is the batched verification entry point (its module is ``hsd_fast.
 """
 
 from .verify import KERNELS, VerifyOutput, draws_needed, seeded_uniforms, verify
+from .drafters import NGramDrafter
+from .engine import EarlyExit, GenerationResult, SpeculativeDecoder, generate
 
-__all__ = ["KERNELS", "VerifyOutput", "draws_needed", "seeded_uniforms", "verify"]
+__all__ = [
+    "KERNELS",
+    "EarlyExit",
+    "GenerationResult",
+    "NGramDrafter",
+    "SpeculativeDecoder",
+    "VerifyOutput",
+    "draws_needed",
+    "generate",
+    "seeded_uniforms",
+    "verify",
+]

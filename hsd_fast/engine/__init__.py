@@ -1,0 +1,27 @@
+"""hsd_fast.engine: batched speculative and hierarchical decoding on Hugging Face causal LMs.
+
+Owns models, KV caches and batching (STYLE.md §11); verification itself is ``hsd_fast.verify``.
+See docs/engine.md.
+"""
+
+from .backend import CachedLM, RecomputeLM, supports_cached
+from .decoder import ENGINE_SCHEMES, GenerationResult, SpeculativeDecoder, default_thresholds, generate
+from .levels import DrafterLevel, EarlyExit, ModelLevel, resolve_levels
+from .metrics import LevelMetrics, Metrics
+
+__all__ = [
+    "CachedLM",
+    "RecomputeLM",
+    "supports_cached",
+    "ENGINE_SCHEMES",
+    "GenerationResult",
+    "SpeculativeDecoder",
+    "default_thresholds",
+    "generate",
+    "DrafterLevel",
+    "EarlyExit",
+    "ModelLevel",
+    "resolve_levels",
+    "LevelMetrics",
+    "Metrics",
+]

@@ -1,0 +1,302 @@
+"""Model backends: next-token logits of a causal LM at the last positions of ragged token rows.
+
+The one call every backend answers is ``logits(depth, seq, lens, n_out) -> [B, n_out, V]``: for row
+``b`` whose context is ``seq[b, :lens[b]]``, the logits that predict tokens ``lens[b] - n_out + 1 ..
+lens[b]`` (i.e. computed at positions ``lens[b] - n_out .. lens[b] - 1``).  Caching is an internal
+matter: a backend may reuse any work whose token prefix is unchanged, so callers never roll back.
+
+:class:`CachedLM` (Llama / Qwen2 / Mistral / Qwen3-style decoders)
+    gpt-fast-style *position-indexed* KV cache (STYLE.md §1): per layer a ``[B, H_kv, capacity, D]``
+    buffer where slot ``j`` of row ``b`` holds the key/value of that row's token at position ``j``.
+    There are no holes and no per-row crops: the cache remembers the tokens it was fed
+    (``tok [B, capacity]``) and how many leading slots are valid per row; a new request compares its
+    tokens with ``tok`` (one vectorised ``cumprod`` of equalities), lowers the valid length of each
+    row to the common prefix, and recomputes only from there.  Rejected positions are simply
+    overwritten by the next forward.  A forward over ragged per-row ranges ``[start_b, end_b)`` runs
+    ``M = max(end - start)`` positions for every row; a row's surplus positions write slots past
+    its valid length, which are never read before being rewritten.  Attention uses an explicit
+    additive mask ``key_slot <= query_position`` and explicit ``position_ids``.
+
+    Early-exit views (HiSpec, Kumar et al. arXiv 2510.01336, papers.md §5): ``view(depth)`` is the
+    model truncated to its first ``depth`` decoder layers followed by the final norm and the LM head.
+    The layers are cut into *segments* at the registered exit depths; each segment has its own valid
+    length per row and stores its output hidden states per slot.  A deeper view therefore reuses the
+    KV cache AND the hidden states of the shallower segments for every position they already hold,
+    and runs only the upper layers there (a manual loop over the HF decoder layers).
+
+:class:`RecomputeLM` (any Hugging Face causal LM)
+    no cache: one full forward over the right-padded rows per call.  Exact but quadratic; the
+    fallback for architectures :class:`CachedLM` does not support.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import torch
+
+__all__ = ["Backend", "CachedLM", "RecomputeLM", "supports_cached", "SUPPORTED_TYPES"]
+
+# decoder-only architectures whose modules follow the Llama layout (embed_tokens, layers, norm,
+# rotary_emb; layers called as layer(h, attention_mask, position_ids, past_key_values,
+# position_embeddings) and calling past_key_values.update(k, v, layer_idx))
+SUPPORTED_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+class Backend(Protocol):
+    vocab_size: int
+    n_layers: int
+    device: torch.device
+
+    def logits(self, depth: int, seq: torch.Tensor, lens: torch.Tensor, n_out: int, vocab_ids: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def add_exit(self, depth: int) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+def _vocab_size(model) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and hasattr(head, "weight"):
+        return int(head.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+def _param(model) -> torch.Tensor:
+    return next(model.parameters())
+
+
+def supports_cached(model) -> str | None:
+    """``None`` if :class:`CachedLM` can drive ``model``, else the reason it cannot."""
+    cfg = getattr(model, "config", None)
+    mtype = getattr(cfg, "model_type", None)
+    if mtype not in SUPPORTED_TYPES:
+        return f"model_type {mtype!r} is not one of {SUPPORTED_TYPES}"
+    inner = getattr(model, "model", None)
+    for attr in ("embed_tokens", "layers", "norm", "rotary_emb"):
+        if not hasattr(inner, attr):
+            return f"model.model has no {attr!r}"
+    if getattr(model, "lm_head", None) is None:
+        return "model has no lm_head"
+    layer_types = getattr(cfg, "layer_types", None)
+    if getattr(cfg, "sliding_window", None) is not None and (layer_types is None or any(t != "full_attention" for t in layer_types)):
+        return "sliding-window attention layers are not supported by the position-indexed cache"
+    return None
+
+
+class _SlotCache:
+    """The ``past_key_values`` object handed to HF decoder layers during one segment forward:
+    ``update`` writes the new keys/values at their positions and returns the first ``kv_len`` slots."""
+
+    def __init__(self, kv: list, index: torch.Tensor, kv_len: int):
+        self.kv = kv  # per global layer index: (keys, values) [B, H_kv, capacity, D]
+        self.index = index  # [B, M] positions of the new tokens
+        self.kv_len = kv_len
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        keys, values = self.kv[layer_idx]
+        B, H, M, D = key_states.shape
+        idx = self.index[:, None, :, None].expand(B, H, M, D)
+        keys.scatter_(2, idx, key_states.to(keys.dtype))
+        values.scatter_(2, idx, value_states.to(values.dtype))
+        return keys[:, :, : self.kv_len], values[:, :, : self.kv_len]
+
+
+class CachedLM:
+    """A Llama-style HF causal LM behind a position-indexed, segment-split KV cache (module doc)."""
+
+    def __init__(self, model, name: str | None = None):
+        reason = supports_cached(model)
+        if reason is not None:
+            raise ValueError(f"model: CachedLM cannot drive this model ({reason}); use RecomputeLM")
+        impl = getattr(model.config, "_attn_implementation", "sdpa")
+        if impl not in ("sdpa", "eager"):  # flash / flex kernels do not take our additive mask
+            if not hasattr(model, "set_attn_implementation"):
+                raise ValueError(f"model: attention implementation {impl!r} is not supported; load it with attn_implementation='sdpa'")
+            model.set_attn_implementation("sdpa")
+        self.model = model.eval()
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.layers = list(inner.layers)
+        self.norm = inner.norm
+        self.rotary = inner.rotary_emb
+        self.lm_head = model.lm_head
+        self.n_layers = len(self.layers)
+        self.vocab_size = _vocab_size(model)
+        p = _param(model)
+        self.device, self.dtype = p.device, p.dtype
+        self.hidden = int(model.config.hidden_size)
+        self.exits: set[int] = {self.n_layers}
+        self.forward_time = 0.0
+        self.reset()
+
+    def add_exit(self, depth: int) -> None:
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= self.n_layers:
+            raise ValueError(f"depth: expected an int in [1, {self.n_layers}], got {depth!r}")
+        if depth not in self.exits:
+            self.exits.add(depth)
+            self.reset()
+
+    def reset(self) -> None:
+        """Forget every cached position (the next call reallocates for its batch size)."""
+        self.bounds = sorted(self.exits)  # segment s covers layers [bounds[s-1], bounds[s])
+        self._B = None
+        self._cap = 0
+
+    # ------------------------------------------------------------------ state
+
+    def _alloc(self, B: int, cap: int) -> None:
+        dev, dt = self.device, self.dtype
+        old = (self._B, self._cap, getattr(self, "tok", None), getattr(self, "kv", None), getattr(self, "hid", None), getattr(self, "seg_len", None))
+        self.tok = torch.full((B, cap), -1, dtype=torch.int64, device=dev)
+        self.kv = []
+        for layer in self.layers:
+            attn = layer.self_attn
+            n_kv = attn.config.num_key_value_heads
+            shape = (B, n_kv, cap, attn.head_dim)
+            self.kv.append((torch.zeros(shape, dtype=dt, device=dev), torch.zeros(shape, dtype=dt, device=dev)))
+        self.hid = [torch.zeros((B, cap, self.hidden), dtype=dt, device=dev) for _ in self.bounds]
+        self.seg_len = [torch.zeros(B, dtype=torch.int64, device=dev) for _ in self.bounds]
+        if old[0] == B and old[2] is not None:  # grow: copy the old slots
+            n = old[1]
+            self.tok[:, :n] = old[2]
+            for (k, v), (ko, vo) in zip(self.kv, old[3]):
+                k[:, :, :n] = ko
+                v[:, :, :n] = vo
+            for h, ho in zip(self.hid, old[4]):
+                h[:, :n] = ho
+            self.seg_len = old[5]
+        self._B, self._cap = B, cap
+
+    def _ensure(self, B: int, needed: int) -> None:
+        if self._B != B:
+            self._B = None
+            self._alloc(B, max(16, 1 << (needed - 1).bit_length()))
+        elif needed > self._cap:
+            self._alloc(B, max(2 * self._cap, 1 << (needed - 1).bit_length()))
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` of the batch (in that order), e.g. to drop finished requests."""
+        if self._B is None:
+            return
+        self.tok = self.tok[rows]
+        self.kv = [(k[rows], v[rows]) for k, v in self.kv]
+        self.hid = [h[rows] for h in self.hid]
+        self.seg_len = [s[rows] for s in self.seg_len]
+        self._B = int(rows.shape[0])
+
+    def prefill(self, seq: torch.Tensor, lens: torch.Tensor) -> None:
+        """Run every segment over each row's tokens ``seq[b, :lens[b]]`` (then copy rows with
+        :meth:`select_rows` to share one prefill between identical prompts)."""
+        self.logits(max(self.exits), seq, lens, 1)
+
+    # ------------------------------------------------------------------ forward
+
+    def _head(self, h: torch.Tensor, vocab_ids: torch.Tensor | None) -> torch.Tensor:
+        if vocab_ids is None:
+            return self.lm_head(h)
+        cached = getattr(self, "_head_cache", None)
+        if cached is None or cached[0] is not vocab_ids:  # the cache holds the ids tensor itself
+            bias = self.lm_head.bias
+            cached = (vocab_ids, self.lm_head.weight[vocab_ids], None if bias is None else bias[vocab_ids])
+            self._head_cache = cached
+        return torch.nn.functional.linear(h, cached[1], cached[2])
+
+    @torch.no_grad()
+    def logits(self, depth: int, seq: torch.Tensor, lens: torch.Tensor, n_out: int, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the ``depth``-layer view at the last ``n_out`` positions of each row.
+
+        seq [B, S] int64 (entries past lens are ignored), lens [B] int64 >= n_out.  -> [B, n_out, V]
+        (only the columns ``vocab_ids``, in that order, when given: the LM head computes just those rows).
+        """
+        if depth not in self.exits:
+            raise ValueError(f"depth: {depth} is not a registered exit of {self.name} (exits {sorted(self.exits)})")
+        t0 = time.perf_counter()
+        B, S = seq.shape
+        self._ensure(B, 2 * S)
+        # common prefix of the cached tokens and the request, per row
+        same = (self.tok[:, :S] == seq).to(torch.int64).cumprod(1).sum(1)
+        common = torch.minimum(same, lens)
+        for s in range(len(self.bounds)):
+            self.seg_len[s] = torch.minimum(self.seg_len[s], common)
+        self.tok[:, :S] = seq
+        top = self.bounds.index(depth)
+        for s in range(top + 1):
+            # the top segment recomputes nothing it already holds: its stored hidden states are read
+            self._run_segment(s, self.seg_len[s], lens, seq)
+            self.seg_len[s] = lens.clone()
+        pos = lens[:, None] - n_out + torch.arange(n_out, device=lens.device)  # [B, n_out]
+        h = self.hid[top].gather(1, pos[..., None].expand(B, n_out, self.hidden))
+        out = self._head(self.norm(h), vocab_ids)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.forward_time += time.perf_counter() - t0
+        return out
+
+    def _run_segment(self, s: int, start: torch.Tensor, end: torch.Tensor, seq: torch.Tensor) -> None:
+        M = int((end - start).max())
+        if M <= 0:
+            return
+        B, S = seq.shape
+        pos = start[:, None] + torch.arange(M, device=start.device)  # [B, M]
+        kv_len = int(pos[:, -1].max()) + 1
+        if kv_len > self._cap:  # a row's surplus positions may run past the others' lengths
+            self._ensure(B, kv_len)
+        if s == 0:
+            ids = seq.gather(1, pos.clamp(max=S - 1)).clamp(min=0)
+            x = self.embed(ids)
+        else:
+            x = self.hid[s - 1].gather(1, pos[..., None].expand(B, M, self.hidden))
+        keys = torch.arange(kv_len, device=pos.device)
+        allowed = keys[None, None, None, :] <= pos[:, None, :, None]  # [B, 1, M, kv_len]
+        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, torch.finfo(x.dtype).min)
+        cos_sin = self.rotary(x, pos)
+        cache = _SlotCache(self.kv, pos, kv_len)
+        lo = 0 if s == 0 else self.bounds[s - 1]
+        for layer in self.layers[lo : self.bounds[s]]:
+            x = layer(x, attention_mask=mask, position_ids=pos, past_key_values=cache, position_embeddings=cos_sin, use_cache=True)
+            if isinstance(x, tuple):
+                x = x[0]
+        self.hid[s].scatter_(1, pos[..., None].expand(B, M, self.hidden), x)
+
+
+class RecomputeLM:
+    """Any HF causal LM, no cache: each call runs the model over the right-padded rows."""
+
+    def __init__(self, model, name: str | None = None):
+        self.model = model.eval()
+        self.name = name or getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        self.vocab_size = _vocab_size(model)
+        p = _param(model)
+        self.device, self.dtype = p.device, p.dtype
+        self.n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+        self.exits = {self.n_layers}
+        self.forward_time = 0.0
+
+    def add_exit(self, depth: int) -> None:
+        if depth != self.n_layers:
+            raise ValueError(f"depth: early exit needs CachedLM (a Llama-style model); {self.name} only offers the full depth {self.n_layers}")
+
+    def reset(self) -> None:
+        pass
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        pass
+
+    @torch.no_grad()
+    def logits(self, depth: int, seq: torch.Tensor, lens: torch.Tensor, n_out: int, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
+        t0 = time.perf_counter()
+        L = int(lens.max())
+        ids = seq[:, :L].clamp(min=0)
+        mask = (torch.arange(L, device=seq.device)[None, :] < lens[:, None]).to(torch.int64)
+        out = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # [B, L, V]
+        pos = lens[:, None] - n_out + torch.arange(n_out, device=lens.device)
+        res = out.gather(1, pos[..., None].expand(-1, -1, out.shape[-1]))
+        if vocab_ids is not None:
+            res = res.index_select(-1, vocab_ids)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.forward_time += time.perf_counter() - t0
+        return res

@@ -1,0 +1,536 @@
+"""Batched speculative and hierarchical decoding on Hugging Face causal LMs.
+
+Levels ``M_0 < M_1 < ... < M_n`` (bottom-up, ``M_n`` = target), thresholds ``T_0 .. T_{n-1}``, one
+lossless single-draft scheme per verifying level.  The step semantics are exactly those of
+``hsd_ref.schemes.hierarchy`` (Globerson et al., arXiv 2510.19705, papers.md §4; HiSpec's
+three-level reading, arXiv 2510.01336, papers.md §5):
+
+* level 0 drafts ``T_0`` tokens (a model samples them autoregressively from its warped law; a
+  model-free drafter proposes them deterministically: point-mass draft laws);
+* a middle level ``i`` repeatedly requests a batch from level ``i - 1`` (continuing from context +
+  its buffer), verifies it with ONE forward scoring ``T_{i-1} + 1`` positions, appends accepted + 1
+  tokens, until it holds ``>= T_i`` tokens, and passes up exactly the first ``T_i`` (the surplus is
+  discarded); the draft laws it passes up are its own rows along those tokens;
+* the target verifies the batch of ``T_{n-1}`` tokens and emits accepted + 1 tokens.
+
+Batching: every row runs the same fixed-shape steps; a row that needs nothing more at some level
+(its buffer is full, or it has finished) is *inactive* there: it still rides along in the batched
+forwards but its results are discarded and it consumes no random numbers.  Randomness: row ``b``'s
+uniforms are ``u(seed_b, c)`` for its own counter ``c`` (:mod:`hsd_fast.engine.rng`), consumed in
+the order of ``hsd_ref.Hierarchy.sample_iteration``: one per level-0 token (drafters and greedy
+included, so the layout never depends on the levels' kinds), then ``T + 1`` per verification.  A
+row's output therefore depends only on its prompt and seed, never on its batch neighbours (up to
+floating-point differences of batched kernels, see docs/engine.md).
+
+EOS / length: tokens after the first EOS are dropped and at most ``max_new_tokens`` are emitted;
+both cuts are applied to the target's output stream, whose law is exact, so they keep it exact.
+
+Lossless: per level, the scheme's proof (proofs/coq/SpecLossless.v ``spec_decoding_lossless``,
+proofs/coq/Block.v ``block_lossless``) composed by hsd_ref.schemes.hierarchy's stream argument.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from ..drafters import point_mass_rows
+from ..verify import KERNELS, draws_needed
+from ..warp import Warp, sample_inverse_cdf
+from .levels import DrafterLevel, ModelLevel, resolve_levels
+from .metrics import LevelMetrics, Metrics
+from .rng import MAX_SEED, row_keys, uniforms
+
+__all__ = ["SpeculativeDecoder", "GenerationResult", "generate", "ENGINE_SCHEMES", "default_thresholds"]
+
+# the single-draft schemes of hsd_fast.verify: any of them can verify any level (multi-draft schemes
+# need N drafts per position, which the level protocol does not produce)
+ENGINE_SCHEMES = tuple(name for name, spec in KERNELS.items() if not spec.multi_draft)
+
+
+def default_thresholds(n_verifiers: int, k: int = 4) -> tuple[int, ...]:
+    """hsd_ref's ``"half"`` rule: ``T_{n-1} = k``, ``T_{i-1} = max(1, ceil(T_i / 2))``."""
+    out = [k]
+    for _ in range(n_verifiers - 1):
+        out.append(max(1, math.ceil(out[-1] / 2)))
+    return tuple(reversed(out))
+
+
+def _default_verify():
+    """``hsd_fast.verify.verify`` (the batched kernels) with data validation off: the engine builds
+    its probability rows itself (float64 softmax / one-hot rows), so the per-call row checks would
+    only add a device synchronisation."""
+    from ..verify import verify
+
+    def run(scheme, target_probs, draft_probs, draft_tokens, *, draws):
+        return verify(scheme, target_probs, draft_probs, draft_tokens, draws=draws, validate=False)
+
+    return run
+
+
+def _append(seq: torch.Tensor, lens: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """A copy of ``seq`` with ``new[b, :]`` written at ``seq[b, lens[b]:]`` (grown if needed).
+
+    Entries past a row's length are garbage by convention, so all ``n`` columns are written."""
+    B, n = new.shape
+    need = int((lens + n).max()) if n else 0
+    if need > seq.shape[1]:
+        grow = max(need - seq.shape[1], seq.shape[1])
+        seq = torch.cat([seq, seq.new_zeros(B, grow)], 1)
+    else:
+        seq = seq.clone()
+    if n:
+        seq.scatter_(1, lens[:, None] + torch.arange(n, device=seq.device), new)
+    return seq
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[list[int]]  # generated ids per prompt (EOS included when hit)
+    finish_reasons: list[str]  # "eos" or "length"
+    metrics: Metrics
+    texts: list[str] | None = None
+
+
+class SpeculativeDecoder:
+    """Batched speculative / hierarchical decoder (module docstring).
+
+    ``levels``: bottom-up level specs, target last (see :mod:`hsd_fast.engine.levels`).
+    ``scheme``: one scheme name for every verifying level, or one per level ``1..n``.
+    ``thresholds``: ``T_0..T_{n-1}`` (a tuple), or an int ``k`` = ``T_{n-1}`` with the halving rule
+    below it (default ``k = 4``).  ``temperature`` 0 (or ``scheme="greedy"``) = greedy decoding.
+    ``allowed_ids`` / ``logits_processor``: applied identically at every level (:class:`Warp`).
+    ``verify_fn``: the verification kernel (default ``hsd_fast.verify``), signature
+    ``verify(scheme, target_probs, draft_probs, draft_tokens, *, draws=...)``.
+    """
+
+    def __init__(
+        self,
+        levels: Sequence[object],
+        scheme: str | Sequence[str] = "tokenwise",
+        thresholds: int | Sequence[int] | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        *,
+        allowed_ids: Sequence[int] | None = None,
+        logits_processor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        tokenizer=None,
+        eos_token_id: int | Sequence[int] | None | str = "auto",
+        cache: str = "auto",
+        verify_fn: Callable | None = None,
+        loader: Callable | None = None,
+    ):
+        if isinstance(dtype, str):
+            try:
+                dtype = getattr(torch, dtype)
+            except AttributeError:
+                raise ValueError(f"dtype: unknown torch dtype {dtype!r}") from None
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"dtype: {dtype!r} is not a torch dtype")
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device: cannot interpret {device!r} as a torch device") from None
+        self.levels, found_tok = resolve_levels(levels, device=device, dtype=dtype, loader=loader, cache=cache)
+        self.tokenizer = tokenizer if tokenizer is not None else found_tok
+        n = len(self.levels) - 1
+        if n < 1:
+            raise ValueError("levels: need at least one draft level below the target")
+        self.n = n
+        self.vocab_size = self.levels[-1].vocab_size
+        self.device = getattr(self.levels[-1], "device", torch.device("cpu"))
+        for i, lvl in enumerate(self.levels):
+            dev = getattr(lvl, "device", None)
+            if dev is not None and torch.device(dev) != self.device:
+                raise ValueError(f"levels[{i}]: {lvl.name} is on {dev}, the target on {self.device}; pass device= to place every level together")
+
+        schemes = [scheme] * n if isinstance(scheme, str) else list(scheme)
+        if len(schemes) != n:
+            raise ValueError(f"scheme: expected one name or {n} names (levels 1..{n}), got {len(schemes)}")
+        greedy_levels = [s == "greedy" for s in schemes]
+        if temperature == 0 or all(greedy_levels):
+            schemes = ["greedy"] * n
+            temperature = 0
+        elif any(greedy_levels):
+            raise ValueError("scheme: 'greedy' reproduces the argmax law; it cannot be mixed with sampling schemes (use temperature=0)")
+        for i, s in enumerate(schemes):
+            if s not in ENGINE_SCHEMES:
+                raise ValueError(f"scheme: unknown or unsupported scheme {s!r} for level {i + 1}; the engine runs {', '.join(ENGINE_SCHEMES)}")
+        self.schemes = tuple(schemes)
+        self.warp = Warp(temperature, top_k, top_p, allowed_ids=allowed_ids, logits_processor=logits_processor)
+        self.warp.check_vocab(self.vocab_size)
+        # Restricted vocabulary: with allowed_ids (and no logits processor, which needs the full
+        # logits) every probability row lives on the allowed set A.  The engine then works in the
+        # compressed vocabulary range(|A|) (LM heads compute only A's rows, verification runs on |A|
+        # columns) and maps ids back at the edges.  A drafter proposal outside A becomes the
+        # placeholder -1 with an all-zero draft row, which is exactly what the full-vocabulary
+        # computation does with it (target probability 0: rejected; residual = target row).
+        self.vocab_ids = None
+        self._to_comp = None
+        compressible = all(isinstance(lvl, (ModelLevel, DrafterLevel)) for lvl in self.levels)
+        if allowed_ids is not None and logits_processor is None and compressible:
+            self.vocab_ids = torch.tensor(self.warp.allowed_ids, dtype=torch.int64, device=self.device)
+            self._to_comp = torch.full((self.vocab_size,), -1, dtype=torch.int64, device=self.device)
+            self._to_comp[self.vocab_ids] = torch.arange(len(self.vocab_ids), device=self.device)
+            self.warp = Warp(temperature, top_k, top_p)
+        self.V = self.vocab_size if self.vocab_ids is None else len(self.vocab_ids)
+
+        if thresholds is None:
+            thresholds = default_thresholds(n)
+        elif isinstance(thresholds, int) and not isinstance(thresholds, bool):
+            if thresholds < 1:
+                raise ValueError(f"thresholds: k must be >= 1, got {thresholds}")
+            thresholds = default_thresholds(n, thresholds)
+        th = tuple(thresholds)
+        if len(th) != n or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in th):
+            raise ValueError(f"thresholds: expected {n} ints >= 1 (T_0..T_{n - 1}), got {thresholds!r}")
+        self.thresholds = th
+        self.eos_ids = self._eos(eos_token_id)
+        self.verify_fn = verify_fn if verify_fn is not None else _default_verify()
+
+    # ------------------------------------------------------------------ configuration helpers
+
+    def _eos(self, eos_token_id) -> tuple[int, ...]:
+        if eos_token_id is None:
+            return ()
+        if eos_token_id == "auto":
+            ids = getattr(self.tokenizer, "eos_token_id", None)
+            if ids is None:
+                top = self.levels[-1]
+                cfg = getattr(getattr(getattr(top, "backend", None), "model", None), "generation_config", None)
+                ids = getattr(cfg, "eos_token_id", None)
+            if ids is None:
+                return ()
+            eos_token_id = ids
+        ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size:
+                raise ValueError(f"eos_token_id: {i!r} is not an id in [0, {self.vocab_size})")
+        return tuple(ids)
+
+    def describe(self) -> str:
+        parts = []
+        for i, lvl in enumerate(self.levels):
+            s = lvl.name
+            if i < self.n:
+                s += f" (T={self.thresholds[i]})"
+            if i > 0:
+                s += f" <{self.schemes[i - 1]}>"
+            parts.append(s)
+        return " -> ".join(parts) + f"; {self.warp!r}"
+
+    def encode(self, prompts) -> list[list[int]]:
+        if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if not isinstance(prompts, Sequence) or len(prompts) == 0:
+            raise ValueError(f"prompts: expected a non-empty list of strings or token-id lists, got {prompts!r}")
+        out = []
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                if self.tokenizer is None:
+                    raise ValueError(f"prompts[{i}]: a text prompt needs a tokenizer (pass tokenizer= or token ids)")
+                ids = list(self.tokenizer(p, add_special_tokens=False)["input_ids"]) if p else []
+            elif isinstance(p, torch.Tensor):
+                ids = [int(x) for x in p.reshape(-1)]
+            else:
+                try:
+                    ids = [int(x) for x in p]
+                except (TypeError, ValueError):
+                    raise ValueError(f"prompts[{i}]: expected a string or a sequence of token ids, got {p!r}") from None
+            if not ids:
+                raise ValueError(f"prompts[{i}]: empty prompt (at least one token is needed to condition on)")
+            bad = [x for x in ids if not 0 <= x < self.vocab_size]
+            if bad:
+                raise ValueError(f"prompts[{i}]: token id {bad[0]} is out of range for vocab size {self.vocab_size}")
+            out.append(ids)
+        return out
+
+    # ------------------------------------------------------------------ the step loop
+
+    def _real(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Engine ids -> model ids (identity unless the vocabulary is restricted; -1 -> any id)."""
+        return tokens if self.vocab_ids is None else self.vocab_ids[tokens.clamp(min=0)]
+
+    def _probs(self, level: int, seq, lens, n_out):
+        return self.levels[level].probs(seq, lens, n_out, self.warp, vocab_ids=self.vocab_ids)
+
+    def _draws(self, n: int, active: torch.Tensor) -> torch.Tensor:
+        """``n`` uniforms per row from each row's own stream; only active rows advance.  # [B, n]"""
+        u = uniforms(self._keys, self._counters, n)
+        self._counters += n * active.to(torch.int64)
+        return u
+
+    def _draft(self, seq, lens, active):
+        """Level 0: ``T_0`` tokens per row and their draft laws.  -> [B, T_0], [B, T_0, V]"""
+        T = self.thresholds[0]
+        lvl = self.levels[0]
+        if isinstance(lvl, DrafterLevel):
+            self._draws(T, active)  # keep hsd_ref's draw layout: one uniform per level-0 token
+            toks = lvl.propose(seq, lens, T)
+            if self._to_comp is not None:
+                toks = self._to_comp[toks]
+            return toks, point_mass_rows(toks, self.V)
+        toks, rows = [], []
+        for _ in range(T):
+            q = self._probs(0, seq, lens, 1)[:, 0]  # [B, V]
+            x = sample_inverse_cdf(q, self._draws(1, active)[:, 0])
+            seq = _append(seq, lens, self._real(x)[:, None])
+            lens = lens + 1
+            toks.append(x)
+            rows.append(q)
+        return torch.stack(toks, 1), torch.stack(rows, 1)
+
+    def _verify(self, level, seq, lens, d_tok, d_prob, active):
+        """Level ``level`` scores ``d_tok`` after each row's context in ONE forward and verifies it."""
+        T = d_tok.shape[1]
+        x = _append(seq, lens, self._real(d_tok))
+        p = self._probs(level, x, lens + T, T + 1)  # [B, T + 1, V]
+        u = self._draws(T + 1, active)  # the layout is scheme-independent; greedy uses none of them
+        scheme = self.schemes[level - 1]
+        res = self.verify_fn(scheme, p, d_prob, d_tok, draws=u[:, : draws_needed(scheme, T)])
+        out, nacc = res[0], res[1]
+        self._record(level, p, d_prob, nacc, active)
+        return out.to(torch.int64), nacc.to(torch.int64), p
+
+    def _batch(self, level, seq, lens, active):
+        """The ``T_level`` tokens (and their laws) that ``level`` passes up; hsd_ref ``_sample_batch``."""
+        if level == 0:
+            return self._draft(seq, lens, active)
+        T, T_low = self.thresholds[level], self.thresholds[level - 1]
+        B, dev = seq.shape[0], seq.device
+        cap = T + 2 * (T_low + 1)  # filled <= T + T_low, so filled + T_low + 1 columns always fit
+        buf = torch.zeros(B, cap, dtype=torch.int64, device=dev)
+        buf_p = torch.zeros(B, cap, self.V, dtype=torch.float64, device=dev)
+        filled = torch.zeros(B, dtype=torch.int64, device=dev)
+        cols = torch.arange(T_low + 1, device=dev)
+        while True:
+            need = active & (filled < T)
+            if not bool(need.any()):
+                break
+            ctx = _append(seq, lens, self._real(buf))  # context + buffer (garbage past lens + filled)
+            d_tok, d_prob = self._batch(level - 1, ctx, lens + filled, need)
+            out, nacc, p = self._verify(level, ctx, lens + filled, d_tok, d_prob, need)
+            count = torch.where(need, nacc + 1, torch.zeros_like(nacc))
+            keep = cols[None, :] < count[:, None]  # [B, T_low + 1]
+            dst = filled[:, None] + cols
+            buf.scatter_(1, dst, torch.where(keep, out, buf.gather(1, dst)))
+            idx = dst[..., None].expand(-1, -1, self.V)
+            buf_p.scatter_(1, idx, torch.where(keep[..., None], p, buf_p.gather(1, idx)))
+            filled = filled + count
+        return buf[:, :T], buf_p[:, :T]
+
+    def _record(self, level, p, d_prob, nacc, active):
+        m = self.metrics.levels[level]
+        T = d_prob.shape[1]
+        a = active.to(torch.int64)
+        rounds = int(a.sum())
+        if rounds == 0:
+            return
+        m.rounds += rounds
+        m.drafted += rounds * T
+        m.accepted += int((nacc * a).sum())
+        m.rejections += int(((nacc < T).to(torch.int64) * a).sum())
+        tested = (torch.arange(T, device=p.device)[None, :] <= nacc[:, None]) & active[:, None]  # [B, T]
+        overlap = torch.minimum(p[:, :T], d_prob).sum(-1)  # [B, T]
+        m.minpq_sum += float((overlap * tested).sum())
+        m.tested += int(tested.sum())
+        hist = torch.bincount(nacc[active], minlength=T + 1).tolist()
+        if len(m.accept_counts) < len(hist):
+            m.accept_counts.extend([0] * (len(hist) - len(m.accept_counts)))
+        for j, c in enumerate(hist):
+            m.accept_counts[j] += c
+
+    def _backends(self) -> list:
+        seen: dict = {}
+        for lvl in self.levels:
+            be = getattr(lvl, "backend", None)
+            if be is not None:
+                seen.setdefault(id(be), be)
+        return list(seen.values())
+
+    def _share_prompts(self, ids: list[list[int]], backends: list) -> None:
+        """Rows with identical prompts (e.g. many samples of one prompt) share one prefill: each
+        distinct prompt runs once per backend and its cached state is copied to its rows."""
+        uniq: dict = {}
+        inverse = [uniq.setdefault(tuple(x), len(uniq)) for x in ids]
+        if len(uniq) == len(ids):
+            return
+        dev = self.device
+        useq = torch.zeros(len(uniq), max(map(len, uniq)), dtype=torch.int64, device=dev)
+        for u, x in enumerate(uniq):
+            useq[u, : len(x)] = torch.tensor(x, dtype=torch.int64)
+        ulens = torch.tensor([len(x) for x in uniq], dtype=torch.int64, device=dev)
+        index = torch.tensor(inverse, dtype=torch.int64, device=dev)
+        for be in backends:
+            if hasattr(be, "prefill"):
+                be.prefill(useq, ulens)
+                be.select_rows(index)
+
+    def _iteration(self, ctx, lens, active):
+        """One target iteration: a batch from level n-1, one target verification."""
+        d_tok, d_prob = self._batch(self.n - 1, ctx, lens, active)
+        out, nacc, _ = self._verify(self.n, ctx, lens, d_tok, d_prob, active)
+        return out, nacc
+
+    # ------------------------------------------------------------------ public API
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts,
+        max_new_tokens: int = 64,
+        seeds: Sequence[int] | None = None,
+        seed: int = 0,
+        on_tokens: Callable[[list[list[int]]], None] | None = None,
+    ) -> GenerationResult:
+        """Generate for a batch of prompts (strings or token-id lists of any lengths).
+
+        ``seeds[b]`` seeds row ``b`` (default ``seed + b``); ``on_tokens(new)`` is called after every
+        target iteration with each row's newly emitted tokens (streaming).
+        """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
+        ids = self.encode(prompts)
+        B = len(ids)
+        if seeds is None:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+            seeds = [seed + b for b in range(B)]
+        seeds = list(seeds)
+        if len(seeds) != B:
+            raise ValueError(f"seeds: expected {B} seeds (one per prompt), got {len(seeds)}")
+        for b, s in enumerate(seeds):
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+                raise ValueError(f"seeds[{b}]: expected an int in [0, 2**63), got {s!r}")
+        dev = self.device
+        for lvl in self.levels:
+            be = getattr(lvl, "backend", None)
+            if be is not None:
+                be.reset()
+        self._keys = row_keys(torch.tensor(seeds, dtype=torch.int64, device=dev))
+        self._counters = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.metrics = Metrics(
+            [
+                LevelMetrics(
+                    lvl.name,
+                    "target" if i == self.n else getattr(lvl, "kind", "model"),
+                    None if i == 0 else self.schemes[i - 1],
+                    None if i == self.n else self.thresholds[i],
+                )
+                for i, lvl in enumerate(self.levels)
+            ]
+        )
+        for lvl in self.levels:
+            lvl.calls, lvl.time_s = 0, 0.0
+            if hasattr(lvl, "by_positions"):
+                lvl.by_positions = {}
+
+        lens = torch.tensor([len(x) for x in ids], dtype=torch.int64, device=dev)
+        K1 = self.thresholds[-1] + 1
+        S = int(lens.max()) + max_new_tokens + K1  # room for a full unkept row past any length
+        ctx = torch.zeros(B, S, dtype=torch.int64, device=dev)
+        for b, x in enumerate(ids):
+            ctx[b, : len(x)] = torch.tensor(x, dtype=torch.int64)
+        gen = torch.zeros(B, max_new_tokens + K1, dtype=torch.int64, device=dev)
+        gen_len = torch.zeros(B, dtype=torch.int64, device=dev)
+        active = torch.ones(B, dtype=torch.bool, device=dev)
+        hit_eos = torch.zeros(B, dtype=torch.bool, device=dev)
+        eos = torch.tensor(self.eos_ids, dtype=torch.int64, device=dev) if self.eos_ids else None
+        cols = torch.arange(K1, device=dev)
+        rows = torch.arange(B, device=dev)  # original index of each live row
+        tokens: list = [None] * B
+        reasons: list = [None] * B
+
+        t0 = time.perf_counter()
+        backends = self._backends()
+        self._share_prompts(ids, backends)
+        while rows.numel():
+            out, nacc = self._iteration(ctx, lens, active)
+            out = self._real(out)
+            count = torch.where(active, nacc + 1, torch.zeros_like(nacc))
+            count = torch.minimum(count, max_new_tokens - gen_len)
+            if eos is not None:
+                is_eos = torch.isin(out, eos) & (cols[None, :] < count[:, None])
+                any_eos = is_eos.any(1)
+                first = is_eos.to(torch.int64).argmax(1)
+                count = torch.where(any_eos, first + 1, count)
+                hit_eos |= any_eos
+            keep = cols[None, :] < count[:, None]
+            # unique destinations per row (no clamping), so the scatter has no write conflicts
+            dst = gen_len[:, None] + cols
+            gen.scatter_(1, dst, torch.where(keep, out, gen.gather(1, dst)))
+            cdst = lens[:, None] + cols
+            ctx.scatter_(1, cdst, torch.where(keep, out, ctx.gather(1, cdst)))
+            if on_tokens is not None:
+                new: list = [[] for _ in range(B)]
+                for j, r in enumerate(rows.tolist()):
+                    new[r] = out[j, : int(count[j])].tolist()
+                on_tokens(new)
+            gen_len += count
+            lens += count
+            active &= ~hit_eos & (gen_len < max_new_tokens)
+            if not bool(active.all()):  # retire finished rows: no forward runs for them again
+                for j in torch.nonzero(~active)[:, 0].tolist():
+                    r = int(rows[j])
+                    tokens[r] = gen[j, : int(gen_len[j])].tolist()
+                    reasons[r] = "eos" if bool(hit_eos[j]) else "length"
+                live = torch.nonzero(active)[:, 0]
+                ctx, lens, gen, gen_len, active, hit_eos, rows = (x[live] for x in (ctx, lens, gen, gen_len, active, hit_eos, rows))
+                self._keys, self._counters = self._keys[live], self._counters[live]
+                for be in backends:
+                    be.select_rows(live)
+        wall = time.perf_counter() - t0
+
+        m = self.metrics
+        m.wall_time_s = wall
+        m.new_tokens = sum(len(t) for t in tokens)
+        for lm, lvl in zip(m.levels, self.levels):
+            lm.calls, lm.time_s = lvl.calls, lvl.time_s
+            lm.by_positions = {k: list(v) for k, v in getattr(lvl, "by_positions", {}).items()}
+        m.target_calls = self.levels[-1].calls
+        texts = None
+        if self.tokenizer is not None:
+            texts = [self.tokenizer.decode(t) for t in tokens]
+        return GenerationResult(tokens, reasons, m, texts)
+
+
+def generate(
+    prompts,
+    *,
+    target,
+    drafts: Sequence[object] = ("ngram",),
+    scheme: str | Sequence[str] = "tokenwise",
+    max_new_tokens: int = 64,
+    seeds: Sequence[int] | None = None,
+    seed: int = 0,
+    thresholds: int | Sequence[int] | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    device=None,
+    dtype=None,
+    **kwargs,
+) -> GenerationResult:
+    """One call: build a :class:`SpeculativeDecoder` over ``[*drafts, target]`` and generate."""
+    if isinstance(drafts, (str, bytes)) or not isinstance(drafts, Sequence):
+        drafts = [drafts]
+    dec = SpeculativeDecoder(
+        [*drafts, target],
+        scheme=scheme,
+        thresholds=thresholds,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        device=device,
+        dtype=dtype,
+        **kwargs,
+    )
+    return dec.generate(prompts, max_new_tokens=max_new_tokens, seeds=seeds, seed=seed)

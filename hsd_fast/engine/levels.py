@@ -1,0 +1,236 @@
+"""Levels of a speculative hierarchy and how level specifications are resolved.
+
+A level is either a *model view* (a full causal LM, or an early-exit view of one) or a *model-free
+drafter* (only as level 0).  Specifications accepted by :func:`resolve_levels`, bottom-up:
+
+* a :class:`hsd_fast.drafters.Drafter` (e.g. ``NGramDrafter()``), or the strings ``"ngram"`` /
+  ``"ngram:N"`` (prompt lookup with n-grams ``N..1``);
+* a Hugging Face causal LM (``torch.nn.Module``), or a ``(model, tokenizer)`` pair;
+* :class:`EarlyExit` ``(model, layers)``: the first ``layers`` decoder layers of ``model`` plus its
+  final norm and LM head (HiSpec's virtual models; the full model shares the KV cache and hidden
+  states of those layers);
+* a model name or local directory, loaded with ``hsd_fast.models.load(name, dtype=, device=)``;
+* any object with ``vocab_size`` and ``probs(seq, lens, n_out, warp)`` (a custom level).
+
+The same model object used twice (e.g. ``EarlyExit(m, 4)`` and ``m``) is driven by ONE backend, so
+its views share their cache.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..drafters import Drafter, NGramDrafter, fill_placeholders
+from ..warp import Warp
+from .backend import CachedLM, RecomputeLM, supports_cached
+
+__all__ = ["EarlyExit", "ModelLevel", "DrafterLevel", "resolve_levels"]
+
+
+@dataclass(frozen=True)
+class EarlyExit:
+    """The first ``layers`` decoder layers of ``model`` + its final norm + its LM head."""
+
+    model: Any
+    layers: int
+
+
+class ModelLevel:
+    """A view (``depth`` layers) of a backend; ``probs`` returns warped float64 distributions."""
+
+    kind = "model"
+
+    def __init__(self, backend, depth: int, name: str):
+        backend.add_exit(depth)
+        self.backend = backend
+        self.depth = depth
+        self.name = name
+        self.vocab_size = backend.vocab_size
+        self.device = backend.device
+        self.calls = 0
+        self.time_s = 0.0
+        self.by_positions: dict[int, list] = {}  # positions scored -> [calls, seconds]
+
+    def __repr__(self) -> str:
+        return f"<level {self.name}>"
+
+    def probs(self, seq: torch.Tensor, lens: torch.Tensor, n_out: int, warp: Warp, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, S], [B] -> [B, n_out, V] float64: the warped next-token laws at the last n_out positions
+        (over ``vocab_ids`` only, in that order, when given)."""
+        t0 = time.perf_counter()
+        out = warp.probs(self.backend.logits(self.depth, seq, lens, n_out, vocab_ids=vocab_ids))
+        dt = time.perf_counter() - t0
+        self.time_s += dt
+        self.calls += 1
+        rec = self.by_positions.setdefault(n_out, [0, 0.0])
+        rec[0] += 1
+        rec[1] += dt
+        return out
+
+
+class DrafterLevel:
+    """A model-free drafter as level 0 (point-mass draft laws)."""
+
+    kind = "drafter"
+
+    def __init__(self, drafter: Drafter, vocab_size: int):
+        self.drafter = drafter
+        self.name = getattr(drafter, "name", type(drafter).__name__)
+        self.vocab_size = vocab_size
+        self.calls = 0
+        self.time_s = 0.0
+        self.by_positions: dict[int, list] = {}
+
+    def __repr__(self) -> str:
+        return f"<level {self.name}>"
+
+    def propose(self, seq: torch.Tensor, lens: torch.Tensor, n: int) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.drafter.propose(seq, lens, n)
+        self.time_s += time.perf_counter() - t0
+        self.calls += 1
+        if tuple(out.shape) != (seq.shape[0], n):
+            raise ValueError(f"drafter {self.name}: proposed shape {tuple(out.shape)}, expected {(seq.shape[0], n)}")
+        out = fill_placeholders(out.to(torch.int64), seq.gather(1, (lens - 1)[:, None])[:, 0])
+        if bool((out >= self.vocab_size).any()) or bool((out < 0).any()):
+            raise ValueError(f"drafter {self.name}: proposed an id outside [0, {self.vocab_size})")
+        return out
+
+
+def _is_drafter(spec: object) -> bool:
+    return isinstance(spec, Drafter) and not isinstance(spec, torch.nn.Module)
+
+
+def _parse_ngram(spec: str) -> NGramDrafter | None:
+    if spec == "ngram":
+        return NGramDrafter()
+    if spec.startswith("ngram:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"levels: bad n-gram spec {spec!r}; expected 'ngram' or 'ngram:N'") from None
+        return NGramDrafter(max_ngram=n)
+    return None
+
+
+def _model_name(model) -> str:
+    cfg = getattr(model, "config", None)
+    name = getattr(cfg, "_name_or_path", "") or type(model).__name__
+    return str(name).rstrip("/").split("/")[-1] or type(model).__name__
+
+
+def resolve_levels(
+    specs: Sequence[object],
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    loader=None,
+    cache: str = "auto",
+):
+    """Turn level specs (bottom-up, target last) into level objects.
+
+    Returns ``(levels, tokenizer)``; the tokenizer is the first one found (loaded names and
+    ``(model, tokenizer)`` pairs carry one), preferring the target's.
+    """
+    if isinstance(specs, (str, bytes)) or not isinstance(specs, Sequence):
+        raise ValueError(f"levels: expected a sequence of level specs (bottom-up, target last), got {specs!r}")
+    if len(specs) < 1:
+        raise ValueError("levels: at least the target is needed")
+    if cache not in ("auto", "cached", "recompute"):
+        raise ValueError(f"cache: expected 'auto', 'cached' or 'recompute', got {cache!r}")
+    loaded: dict[str, tuple] = {}
+    backends: dict[int, Any] = {}
+    tokenizers: list = []
+
+    def load(name: str):
+        if name not in loaded:
+            if loader is None:
+                try:
+                    from ..models import load as loader_fn
+                except ModuleNotFoundError as exc:  # the registry module is not installed
+                    raise ValueError(f"levels: cannot load model {name!r}: hsd_fast.models is unavailable ({exc})") from None
+            else:
+                loader_fn = loader
+            kwargs = {}
+            if dtype is not None:
+                kwargs["dtype"] = dtype
+            if device is not None:
+                kwargs["device"] = device
+            loaded[name] = loader_fn(name, **kwargs)
+        return loaded[name]
+
+    def prepare(model):
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"levels: expected a torch causal LM, got {type(model).__name__}")
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
+        return model
+
+    def backend_for(model):
+        key = id(model)
+        if key not in backends:
+            model = prepare(model)
+            if cache == "recompute" or (cache == "auto" and supports_cached(model) is not None):
+                backends[key] = RecomputeLM(model, _model_name(model))
+            else:
+                backends[key] = CachedLM(model, _model_name(model))
+        return backends[key]
+
+    levels: list = []
+    pending_drafter = None
+    for i, spec in enumerate(specs):
+        if isinstance(spec, str):
+            ng = _parse_ngram(spec)
+            if ng is not None:
+                spec = ng
+            else:
+                model, tok = load(spec)
+                tokenizers.append((i, tok))
+                spec = model
+        if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], torch.nn.Module):
+            tokenizers.append((i, spec[1]))
+            spec = spec[0]
+        if _is_drafter(spec):
+            if i != 0:
+                raise ValueError(f"levels[{i}]: a model-free drafter can only be level 0 (the bottom); it has no distribution to verify with")
+            if len(specs) == 1:
+                raise ValueError("levels: a model-free drafter cannot be the target")
+            pending_drafter = spec
+            levels.append(None)
+            continue
+        if isinstance(spec, EarlyExit):
+            model = spec.model
+            if isinstance(model, str):
+                model, tok = load(model)
+                tokenizers.append((i, tok))
+            be = backend_for(model)
+            layers = spec.layers
+            if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= be.n_layers:
+                raise ValueError(f"levels[{i}]: EarlyExit layers must be an int in [1, {be.n_layers}], got {layers!r}")
+            levels.append(ModelLevel(be, layers, f"{be.name}[:{layers}]"))
+            continue
+        if isinstance(spec, torch.nn.Module):
+            be = backend_for(spec)
+            levels.append(ModelLevel(be, be.n_layers, be.name))
+            continue
+        if hasattr(spec, "probs") and hasattr(spec, "vocab_size"):
+            levels.append(spec)
+            continue
+        raise ValueError(f"levels[{i}]: cannot interpret {spec!r} as a level (drafter, model, EarlyExit, name or custom level)")
+    vocab = levels[-1].vocab_size
+    if pending_drafter is not None:
+        levels[0] = DrafterLevel(pending_drafter, vocab)
+    for i, lvl in enumerate(levels):
+        if lvl.vocab_size != vocab:
+            raise ValueError(
+                f"levels[{i}]: vocabulary size {lvl.vocab_size} of {lvl.name} differs from the target's {vocab}; "
+                "every level must share the target's vocabulary"
+            )
+    tokenizer = None
+    if tokenizers:
+        tokenizer = sorted(tokenizers, key=lambda t: -t[0])[0][1]
+    return levels, tokenizer

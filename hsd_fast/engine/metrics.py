@@ -1,0 +1,152 @@
+"""Metrics returned with every generation call, and the measured inputs of the hierarchy optimiser
+(:meth:`Metrics.optimizer_inputs` -> ``hsd_ref.optimize.optimal_hierarchy(**inputs)``).
+
+Per level: forward calls and time (model levels), proposals (drafters); per verifying level:
+verification rounds (row-rounds), drafted and accepted tokens, ``accept_counts`` (gpt-fast style
+histogram of accepted tokens per round), the empirical acceptance rate, the i.i.d. maximum-likelihood
+estimate ``alpha = accepted / (accepted + rejections)`` (each tested position is an independent
+Bernoulli(alpha) test under Globerson et al.'s i.i.d. model, papers.md §4), and the mean of
+``sum_v min(p(v), q(v))`` over tested positions (Leviathan et al.'s ``alpha = E[beta]``, the
+lower-variance estimate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["LevelMetrics", "Metrics"]
+
+
+@dataclass
+class LevelMetrics:
+    name: str
+    kind: str  # "drafter", "model" (draft / middle) or "target"
+    scheme: str | None = None  # the scheme this level verifies the level below with
+    threshold: int | None = None  # T_i: tokens this level passes up (the target: tokens it verifies)
+    calls: int = 0  # batched forward calls (drafters: proposal calls)
+    time_s: float = 0.0
+    rounds: int = 0  # verification rounds, counted per active row
+    drafted: int = 0
+    accepted: int = 0
+    rejections: int = 0
+    minpq_sum: float = 0.0
+    tested: int = 0
+    accept_counts: list[int] = field(default_factory=list)
+    by_positions: dict = field(default_factory=dict)  # positions scored per call -> [calls, seconds]
+
+    @property
+    def time_per_call_s(self) -> float | None:
+        return self.time_s / self.calls if self.calls else None
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """accepted / drafted over this level's verification rounds."""
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def alpha(self) -> float | None:
+        """i.i.d. per-token acceptance MLE: accepted / (accepted + rejections)."""
+        n = self.accepted + self.rejections
+        return self.accepted / n if n else None
+
+    @property
+    def alpha_minpq(self) -> float | None:
+        return self.minpq_sum / self.tested if self.tested else None
+
+    def as_dict(self) -> dict:
+        d = {
+            "name": self.name,
+            "kind": self.kind,
+            "scheme": self.scheme,
+            "threshold": self.threshold,
+            "calls": self.calls,
+            "time_s": self.time_s,
+            "time_per_call_s": self.time_per_call_s,
+        }
+        if self.scheme is not None:
+            d.update(
+                rounds=self.rounds,
+                drafted=self.drafted,
+                accepted=self.accepted,
+                acceptance_rate=self.acceptance_rate,
+                alpha=self.alpha,
+                alpha_minpq=self.alpha_minpq,
+                accept_counts=list(self.accept_counts),
+            )
+        return d
+
+
+@dataclass
+class Metrics:
+    """Everything measured during one ``generate`` call (levels bottom-up, the target last)."""
+
+    levels: list[LevelMetrics]
+    new_tokens: int = 0
+    wall_time_s: float = 0.0
+    target_rounds: int = 0  # target verification rounds, per active row
+    target_calls: int = 0  # batched target forward calls (prefill included when it is a separate call)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    @property
+    def tokens_per_target_call(self) -> float | None:
+        """Block efficiency: emitted tokens per target verification, per row (before EOS/length cuts)."""
+        top = self.levels[-1]
+        return (top.accepted + top.rounds) / top.rounds if top.rounds else None
+
+    def as_dict(self) -> dict:
+        return {
+            "new_tokens": self.new_tokens,
+            "wall_time_s": self.wall_time_s,
+            "tokens_per_s": self.tokens_per_s,
+            "tokens_per_target_call": self.tokens_per_target_call,
+            "target_calls": self.target_calls,
+            "levels": [lv.as_dict() for lv in self.levels],
+        }
+
+    def optimizer_inputs(self) -> dict:
+        """Keyword arguments for ``hsd_ref.optimize.optimal_hierarchy(**inputs)`` from this run.
+
+        ``models``: unique level names ``"L{i}:{name}"`` bottom-up, target last.  ``costs``: per model
+        the measured mean seconds per forward call as ``{positions scored: seconds}`` points (a
+        drafter: its proposal time per proposed token at ``m = 1``).  Early-exit levels are measured
+        as they ran, i.e. with the KV/hidden-state sharing already in their cost; nothing here marks
+        them as ``CostCurve.early_exit``.  ``acceptance``: ``{(level i-1, level i): alpha}`` for the
+        adjacent pairs of this chain, the i.i.d. per-token acceptance MLE.  Pairs never run are absent.
+        """
+        names = [f"L{i}:{lv.name}" for i, lv in enumerate(self.levels)]
+        costs = {}
+        for i, lv in enumerate(self.levels):
+            if lv.kind == "drafter":
+                per_token = lv.time_s / (lv.calls * (lv.threshold or 1)) if lv.calls else 0.0
+                costs[names[i]] = {1: per_token}
+            else:
+                costs[names[i]] = {m: t / c for m, (c, t) in sorted(lv.by_positions.items()) if c}
+        acceptance = {}
+        for i in range(1, len(self.levels)):
+            a = self.levels[i].alpha
+            if a is not None:
+                acceptance[(names[i - 1], names[i])] = a
+        return {"models": names, "costs": costs, "acceptance": acceptance}
+
+    def format(self) -> str:
+        tpc = self.tokens_per_target_call
+        lines = [
+            f"new tokens {self.new_tokens}  wall {self.wall_time_s:.3f} s  {self.tokens_per_s:.2f} tok/s  "
+            f"tokens/target call {'n/a' if tpc is None else f'{tpc:.3f}'}"
+        ]
+        for i, lv in enumerate(self.levels):
+            s = f"  L{i} {lv.kind:7s} {lv.name}"
+            if lv.threshold is not None:
+                s += f" (T={lv.threshold})"
+            s += f": calls {lv.calls}, {lv.time_s:.3f} s"
+            if lv.calls:
+                s += f" ({1000 * lv.time_s / lv.calls:.2f} ms/call)"
+            if lv.scheme is not None:
+                a = "n/a" if lv.acceptance_rate is None else f"{lv.acceptance_rate:.3f}"
+                al = "n/a" if lv.alpha is None else f"{lv.alpha:.3f}"
+                s += f"; verifies L{i - 1} with {lv.scheme}: accepted {lv.accepted}/{lv.drafted} ({a}), alpha {al}"
+            lines.append(s)
+        return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Sampling warps: logits processor hook, allowed-id mask, temperature, top-k, top-p.
+
+Speculative decoding reproduces whatever law the target's *warped* distribution defines, provided
+the draft probabilities ``q`` fed to verification are exactly the distributions the drafts were
+sampled from (peers.md §4, bug classes 1 and 2: HF #32867, #47932, vLLM #9834).  The engine
+therefore builds ``p`` and ``q`` with ONE :class:`Warp` object applied identically at every level:
+the reference law is the warped target, and every level samples from (and reports) its warped law.
+
+Order of operations (the order of Hugging Face's logits warpers): ``logits_processor`` (a user
+hook ``logits -> logits``), the allowed-id mask (every other id gets probability 0), temperature,
+top-k (ties with the k-th value are kept), top-p (nucleus: the smallest set of most likely tokens,
+ties in id order, whose mass reaches ``top_p``), softmax in float64.
+
+``temperature == 0`` is greedy decoding: the "distribution" is the point mass on the argmax (ties
+to the lowest id), and the engine verifies with the ``greedy`` scheme.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+__all__ = ["Warp", "sample_inverse_cdf"]
+
+
+class Warp:
+    """One sampling configuration, applied identically to every level.
+
+    ``probs(logits)`` maps ``[..., V]`` logits to ``[..., V]`` float64 probabilities.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        allowed_ids: Sequence[int] | None = None,
+        logits_processor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k: expected None or an int >= 1, got {top_k!r}")
+        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+            raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+        if allowed_ids is not None:
+            ids = list(allowed_ids)
+            if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+                raise ValueError(f"allowed_ids: expected a non-empty sequence of ids >= 0, got {allowed_ids!r}")
+            allowed_ids = tuple(sorted(set(ids)))
+        if logits_processor is not None and not callable(logits_processor):
+            raise ValueError(f"logits_processor: expected a callable logits -> logits, got {logits_processor!r}")
+        self.temperature = float(temperature)
+        self.top_k = top_k
+        self.top_p = None if top_p is None or top_p == 1 else float(top_p)
+        self.allowed_ids = allowed_ids
+        self.logits_processor = logits_processor
+        self._mask_cache: dict = {}
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def __repr__(self) -> str:
+        parts = [f"temperature={self.temperature}"]
+        if self.top_k is not None:
+            parts.append(f"top_k={self.top_k}")
+        if self.top_p is not None:
+            parts.append(f"top_p={self.top_p}")
+        if self.allowed_ids is not None:
+            parts.append(f"allowed_ids={len(self.allowed_ids)} ids")
+        if self.logits_processor is not None:
+            parts.append("logits_processor")
+        return "Warp(" + ", ".join(parts) + ")"
+
+    def check_vocab(self, vocab_size: int) -> None:
+        if self.allowed_ids is not None and self.allowed_ids[-1] >= vocab_size:
+            raise ValueError(f"allowed_ids: id {self.allowed_ids[-1]} is out of range for vocab size {vocab_size}")
+
+    def _allowed_mask(self, vocab_size: int, device: torch.device) -> torch.Tensor:
+        key = (vocab_size, str(device))
+        mask = self._mask_cache.get(key)
+        if mask is None:
+            self.check_vocab(vocab_size)
+            mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            mask[list(self.allowed_ids)] = True
+            self._mask_cache[key] = mask
+        return mask
+
+    def logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Processed float64 logits (``-inf`` for excluded ids) before temperature.  # [..., V]"""
+        x = logits.to(torch.float64)
+        if self.logits_processor is not None:
+            x = self.logits_processor(x).to(torch.float64)
+        if self.allowed_ids is not None:
+            x = x.masked_fill(~self._allowed_mask(x.shape[-1], x.device), float("-inf"))
+        return x
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Warped float64 probabilities.  # [..., V] -> [..., V]"""
+        x = self.logits(logits)
+        if self.greedy:
+            return torch.nn.functional.one_hot(x.argmax(-1), x.shape[-1]).to(torch.float64)
+        if self.temperature != 1:
+            x = x / self.temperature
+        if self.top_k is not None and self.top_k < x.shape[-1]:
+            kth = torch.topk(x, self.top_k, dim=-1).values[..., -1:]
+            x = x.masked_fill(x < kth, float("-inf"))
+        probs = torch.softmax(x, dim=-1)
+        if self.top_p is not None:
+            # descending by probability, ties in id order (stable sort); keep a token while the mass
+            # of the tokens strictly before it is < top_p (so the most likely token is always kept)
+            sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+            before = torch.cumsum(sorted_p, dim=-1) - sorted_p
+            keep_sorted = before < self.top_p
+            keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+            probs = probs * keep
+            probs = probs / probs.sum(-1, keepdim=True)
+        return probs
+
+
+def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The smallest id ``v`` with ``u < probs[0] + ... + probs[v]`` (hsd_ref.exact.sample_index).
+
+    probs [..., V] float64, u [...] in [0, 1).  When rounding leaves the total mass below ``u`` the
+    last id of positive probability is returned, so an id of probability 0 is never drawn.
+    """
+    cdf = torch.cumsum(probs, dim=-1)
+    idx = (cdf <= u[..., None]).sum(-1)
+    last = probs.shape[-1] - 1 - torch.argmax((probs.flip(-1) > 0).to(torch.int8), dim=-1)
+    return torch.minimum(idx, last)
