@@ -32,6 +32,7 @@ from typing import NamedTuple
 import torch
 
 __all__ = [
+    "snap_to_one",
     "PLACEHOLDER",
     "VerifyOutput",
     "tie_tolerance",
@@ -59,6 +60,11 @@ class VerifyOutput(NamedTuple):
     tokens: torch.Tensor
     num_accepted: torch.Tensor
     draft_index: torch.Tensor | None = None
+
+
+def snap_to_one(x: torch.Tensor, tol: float) -> torch.Tensor:
+    """``x`` with values within ``tol`` below 1 snapped to exactly 1 (an exact tie with a chance of 1)."""
+    return torch.where(x >= 1.0 - tol, torch.ones((), dtype=x.dtype, device=x.device), x)
 
 
 def tie_tolerance(dtype: torch.dtype, roundings: int) -> float:

@@ -30,6 +30,7 @@ from . import (
     positive_excess,
     sample_inverse_cdf,
     sample_inverse_cdf_row,
+    snap_to_one,
     tie_tolerance,
 )
 
@@ -38,10 +39,6 @@ __all__ = ["block", "block_loop"]
 NAME = "block"
 MULTI_DRAFT = False
 
-
-def _snap_to_one(x: torch.Tensor, tol: float) -> torch.Tensor:
-    """``min(1, x)``, with values within ``tol`` below 1 snapped to 1."""
-    return torch.where(x >= 1.0 - tol, torch.ones((), dtype=x.dtype, device=x.device), x)
 
 
 def block(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_tokens: torch.Tensor, draws: torch.Tensor) -> VerifyOutput:
@@ -63,7 +60,7 @@ def block(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_tokens: t
     for i in range(K):
         prev = pis[-1]
         step = torch.where(prev > 0, prev * rho[:, i], zero)  # no 0 * inf when rho overflows
-        pis.append(_snap_to_one(step, tol))
+        pis.append(snap_to_one(step, tol))
     pi = torch.stack(pis, dim=1)  # [B, K+1]
 
     # backward scan: tau = the largest i with draws[:, i-1] < h_i (0 if none).  h_K = pi_K; h_i for

@@ -34,6 +34,7 @@ from . import (
     positive_excess,
     sample_inverse_cdf,
     sample_inverse_cdf_row,
+    snap_to_one,
     tie_tolerance,
 )
 
@@ -42,9 +43,6 @@ __all__ = ["hsd_capped", "hsd_capped_loop"]
 NAME = "hsd_capped"
 MULTI_DRAFT = False
 
-
-def _snap_to_one(x: torch.Tensor, tol: float) -> torch.Tensor:
-    return torch.where(x >= 1.0 - tol, torch.ones((), dtype=x.dtype, device=x.device), x)
 
 
 def _log_ratios(p_x: torch.Tensor, q_x: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
@@ -73,12 +71,12 @@ def hsd_capped(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_toke
     log_r = torch.cumsum(_log_ratios(p_x, q_x, usable), dim=1)  # [B, K]: log r_1..log r_K
     log_m = torch.cummax(log_r.clamp(min=0), dim=1).values  # [B, K]: log M_1..log M_K
     ones = torch.ones(B, 1, dtype=dtype, device=device)
-    scale = torch.cat([ones, _snap_to_one(torch.exp(log_r - log_m), tol)], dim=1)  # [B, K+1]: s_0..s_K
+    scale = torch.cat([ones, snap_to_one(torch.exp(log_r - log_m), tol)], dim=1)  # [B, K+1]: s_0..s_K
 
     # backward scan (as block verification): h_K first, then h_t for t = K-1..1 only for the rows whose
     # tests above t all failed; h_t = 0 past the cut (t > m)
     cap_before = log_m[:, K - 2] if K >= 2 else torch.zeros(B, dtype=dtype, device=device)  # log M_{K-1}
-    final = _snap_to_one(torch.exp(log_r[:, K - 1] - cap_before).clamp(max=1.0), tol)
+    final = snap_to_one(torch.exp(log_r[:, K - 1] - cap_before).clamp(max=1.0), tol)
     final = torch.where(m == K, final, torch.zeros_like(final))
     tau = torch.zeros(B, dtype=torch.int64, device=device)
     passed = draws[:, K - 1] < final.to(torch.float64)
@@ -96,7 +94,7 @@ def hsd_capped(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_toke
         plus = positive_excess(a, q_t, tol).sum(dim=-1)  # D*(p, q) / Q_t
         minus = positive_excess(q_t, a, tol).sum(dim=-1)  # D*(q, p) / Q_t
         h = torch.where(minus > 0, plus / torch.where(minus > 0, minus, torch.ones_like(minus)), torch.ones_like(plus))
-        h = _snap_to_one(h, tol)  # plus == minus exactly when s_t == 1
+        h = snap_to_one(h, tol)  # plus == minus exactly when s_t == 1
         ok = draws[idx, t - 1] < h.to(torch.float64)
         tau[idx[ok]] = t
         scanning[idx[ok]] = False
