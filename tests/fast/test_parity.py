@@ -42,6 +42,18 @@ MULTI = [n for n, s in KERNELS.items() if s.multi_draft]
 hypothesis_settings = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
+def tree_rows(tokens, node, K):
+    """Per-draft target rows [N][K+1] and draft rows [N][K] read off the tree: drafts sharing a prefix
+    share its node's rows; positions after a draft's -1 get rows of their own ("absent")."""
+    target, draft = [], []
+    for j, path in enumerate(tokens):
+        real = path[: path.index(-1)] if -1 in path else path
+        keys = [tuple(real[:t]) if t <= len(real) else ("absent", j, t) for t in range(K + 1)]
+        target.append([node(k)[0] for k in keys])
+        draft.append([node(k)[1] for k in keys[:K]])
+    return target, draft
+
+
 def ref_scheme(name: str, n_drafts: int = 1):
     """The exact twin (multi-draft schemes with ``n_drafts`` drafts)."""
     if name in MULTI:
@@ -163,12 +175,7 @@ def multi_case(rng: random.Random, N: int, K: int, V: int):
             x = draft_token(rng, node(tuple(path))[1], V)
             path += [-1] * (K - len(path)) if x == -1 else [x]
         tokens.append(path)
-    target, draft = [], []
-    for j, path in enumerate(tokens):
-        real = path[: path.index(-1)] if -1 in path else path
-        keys = [tuple(real[:t]) if t <= len(real) else ("absent", j, t) for t in range(K + 1)]
-        target.append([node(k)[0] for k in keys])
-        draft.append([node(k)[1] for k in keys[:K]])
+    target, draft = tree_rows(tokens, node, K)
     return target, draft, tokens, K
 
 
@@ -239,12 +246,7 @@ def test_multi_draft_parity_hypothesis(name, data, dims, n):
             nodes[key] = (t_row, data.draw(st.one_of(st.just(t_row), exact_distributions(V))))
         return nodes[key]
 
-    target, draft = [], []
-    for j, path in enumerate(tokens):
-        real = path[: path.index(-1)] if -1 in path else path
-        keys = [tuple(real[:t]) if t <= len(real) else ("absent", j, t) for t in range(K + 1)]
-        target.append([node(k)[0] for k in keys])
-        draft.append([node(k)[1] for k in keys[:K]])
+    target, draft = tree_rows(tokens, node, K)
     u = [float(x) for x in data.draw(exact_draws(draws_needed(name, K, n), max_denominator=16))]
     checked, skipped = run_batch(name, [(target, draft, tokens, K)], [u], n)
     assert checked == 1 and skipped <= 1
