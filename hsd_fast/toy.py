@@ -328,46 +328,26 @@ def fast_verify(scheme: str, target_probs, draft_probs, draft_tokens, draws):
     return out.tokens, out.num_accepted
 
 
-def _exact_row(row: torch.Tensor, cache: dict) -> tuple[Fraction, ...]:
-    key = row.numpy().tobytes()
-    hit = cache.get(key)
-    if hit is None:
-        # toy rows are rationals with small denominators, recovered exactly from their floats
-        hit = cache[key] = from_floats(row.tolist(), max_denominator=10**6)
-    return hit
-
-
 def ref_verify(scheme: str, target_probs, draft_probs, draft_tokens, draws, *, n_drafts: int | None = None):
     """``hsd_ref``'s exact ``verify``, one row at a time, on the same uniforms (slow: a cross-check).
 
     Float rows are turned back into the exact toy rationals with ``from_floats(max_denominator=1e6)``
     (exact for the toy models, whose denominators are small); float uniforms are exact dyadic
-    rationals.  Multi-draft inputs are recognised by their 4-D ``target_probs``.
+    rationals.  Multi-draft inputs are recognised by their 4-D ``target_probs``.  The row loop is
+    :func:`hsd_fast.engine.refverify.exact_verify`'s.
     """
-    from hsd_ref.registry import get_scheme
+    from .engine.refverify import exact_verify
 
-    ref = get_scheme(scheme)
-    multi = target_probs.dim() == 4
-    if multi:
-        ref = ref.with_drafts(target_probs.shape[1])
     cache: dict = {}
-    B = target_probs.shape[0]
-    k = draft_tokens.shape[-1]
-    out = torch.full((B, k + 1), PLACEHOLDER, dtype=torch.int64)
-    n_acc = torch.empty(B, dtype=torch.int64)
-    for b in range(B):
-        if multi:
-            t = [[_exact_row(r, cache) for r in slot] for slot in target_probs[b]]
-            d = [[_exact_row(r, cache) for r in slot] for slot in draft_probs[b]]
-            x = draft_tokens[b].tolist()
-        else:
-            t = [_exact_row(r, cache) for r in target_probs[b]]
-            d = [_exact_row(r, cache) for r in draft_probs[b]]
-            x = draft_tokens[b].tolist()
-        res = ref.verify(t, d, x, draws[b].tolist())
-        out[b, : len(res.tokens)] = torch.tensor(res.tokens, dtype=torch.int64)
-        n_acc[b] = res.num_accepted
-    return out, n_acc
+
+    def toy_row(row: torch.Tensor, name: str = "target_probs") -> tuple[Fraction, ...]:
+        key = row.numpy().tobytes()
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = from_floats(row.tolist(), max_denominator=10**6)
+        return hit
+
+    return exact_verify(scheme, target_probs, draft_probs, draft_tokens, draws=draws, row=toy_row)
 
 
 # ------------------------------------------------------------------------- lossy controls, torch
