@@ -778,16 +778,21 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathL
 
 
 def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-         cache_dir: str | os.PathLike | None = None, verify_full: bool = False):
+         cache_dir: str | os.PathLike | None = None, verify_full: bool = False, quantize: str | None = None):
     """``(model, tokenizer)`` of a registered model (fetched first if needed) or of a local HF folder.
 
     The model is an ``AutoModelForCausalLM`` in eval mode, with weights in ``dtype``, on ``device``.
     Sealed folders (every fetched model) are checked first, as described in the module docstring, and
     ``verify_full`` re-hashes every file.  Raises :class:`InsufficientMemoryError` before loading when
-    parameters x dtype size exceed the memory available on ``device``.
+    parameters x dtype size exceed the memory available on ``device``.  ``quantize="int8"`` replaces
+    every linear layer by a weight-only int8 one (:func:`hsd_fast.quant.quantize_int8`; for drafts).
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    from .quant import QUANTIZATIONS, quantize_int8
+
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize: expected None or one of {QUANTIZATIONS}, got {quantize!r}")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -805,7 +810,10 @@ def load(name_or_path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
-    return model.to(dev).eval(), tokenizer
+    model = model.to(dev).eval()
+    if quantize == "int8":
+        quantize_int8(model)
+    return model, tokenizer
 
 
 def model_info(name: str, *, cache_dir: str | os.PathLike | None = None) -> dict:

@@ -36,6 +36,8 @@ from typing import Protocol
 
 import torch
 
+from ..quant import Int8Linear
+
 __all__ = ["Backend", "CachedLM", "RecomputeLM", "supports_cached", "SUPPORTED_TYPES"]
 
 # decoder-only architectures whose modules follow the Llama layout (embed_tokens, layers, norm,
@@ -58,6 +60,8 @@ class Backend(Protocol):
 
 def _vocab_size(model) -> int:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and isinstance(getattr(head, "out_features", None), int):
+        return int(head.out_features)
     if head is not None and hasattr(head, "weight"):
         return int(head.weight.shape[0])
     return int(model.config.vocab_size)
@@ -199,10 +203,14 @@ class CachedLM:
             return self.lm_head(h)
         cached = getattr(self, "_head_cache", None)
         if cached is None or cached[0] is not vocab_ids:  # the cache holds the ids tensor itself
-            bias = self.lm_head.bias
-            cached = (vocab_ids, self.lm_head.weight[vocab_ids], None if bias is None else bias[vocab_ids])
+            if isinstance(self.lm_head, Int8Linear):
+                cached = (vocab_ids, self.lm_head.rows(vocab_ids))
+            else:
+                bias = self.lm_head.bias
+                weight = self.lm_head.weight[vocab_ids]
+                cached = (vocab_ids, lambda x: torch.nn.functional.linear(x, weight, None if bias is None else bias[vocab_ids]))
             self._head_cache = cached
-        return torch.nn.functional.linear(h, cached[1], cached[2])
+        return cached[1](h)
 
     @torch.no_grad()
     def logits(self, depth: int, seq: torch.Tensor, lens: torch.Tensor, n_out: int, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:

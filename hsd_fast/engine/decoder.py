@@ -13,6 +13,9 @@ three-level reading, arXiv 2510.01336, papers.md §5):
   discarded); the draft laws it passes up are its own rows along those tokens;
 * the target verifies the batch of ``T_{n-1}`` tokens and emits accepted + 1 tokens.
 
+With the target alone (``n = 0``) this is plain autoregressive decoding on the same backends, warps
+and random streams: one target call and one uniform per token (the baseline of the benchmarks).
+
 Batching: every row runs the same fixed-shape steps; a row that needs nothing more at some level
 (its buffer is full, or it has finished) is *inactive* there: it still rides along in the batched
 forwards but its results are discarded and it consumes no random numbers.  Randomness: row ``b``'s
@@ -142,8 +145,8 @@ class SpeculativeDecoder:
         self.levels, found_tok = resolve_levels(levels, device=device, dtype=dtype, loader=loader, cache=cache)
         self.tokenizer = tokenizer if tokenizer is not None else found_tok
         n = len(self.levels) - 1
-        if n < 1:
-            raise ValueError("levels: need at least one draft level below the target")
+        if isinstance(self.levels[-1], DrafterLevel):
+            raise ValueError("levels: a model-free drafter cannot be the target")
         self.n = n
         self.vocab_size = self.levels[-1].vocab_size
         self.device = getattr(self.levels[-1], "device", torch.device("cpu"))
@@ -155,8 +158,10 @@ class SpeculativeDecoder:
         schemes = [scheme] * n if isinstance(scheme, str) else list(scheme)
         if len(schemes) != n:
             raise ValueError(f"scheme: expected one name or {n} names (levels 1..{n}), got {len(schemes)}")
+        if n == 0 and isinstance(scheme, str) and scheme not in ENGINE_SCHEMES:
+            raise ValueError(f"scheme: unknown or unsupported scheme {scheme!r}; the engine runs {', '.join(ENGINE_SCHEMES)}")
         greedy_levels = [s == "greedy" for s in schemes]
-        if temperature == 0 or all(greedy_levels):
+        if temperature == 0 or (n and all(greedy_levels)) or (n == 0 and scheme == "greedy"):
             schemes = ["greedy"] * n
             temperature = 0
         elif any(greedy_levels):
@@ -183,7 +188,11 @@ class SpeculativeDecoder:
             self.warp = Warp(temperature, top_k, top_p)
         self.V = self.vocab_size if self.vocab_ids is None else len(self.vocab_ids)
 
-        if thresholds is None:
+        if n == 0:
+            if thresholds not in (None, ()):
+                raise ValueError(f"thresholds: the target alone (autoregressive decoding) has no thresholds, got {thresholds!r}")
+            thresholds = ()
+        elif thresholds is None:
             thresholds = default_thresholds(n)
         elif isinstance(thresholds, int) and not isinstance(thresholds, bool):
             if thresholds < 1:
@@ -295,8 +304,12 @@ class SpeculativeDecoder:
         p = self._probs(level, x, lens + T, T + 1)  # [B, T + 1, V]
         u = self._draws(T + 1, active)  # the layout is scheme-independent; greedy uses none of them
         scheme = self.schemes[level - 1]
+        t0 = time.perf_counter()
         res = self.verify_fn(scheme, p, d_prob, d_tok, draws=u[:, : draws_needed(scheme, T)])
         out, nacc = res[0], res[1]
+        if self.device.type == "cuda":  # _record synchronises next anyway; this puts the time here
+            torch.cuda.synchronize(self.device)
+        self.metrics.levels[level].verify_s += time.perf_counter() - t0
         self._record(level, p, d_prob, nacc, active)
         return out.to(torch.int64), nacc.to(torch.int64), p
 
@@ -356,13 +369,16 @@ class SpeculativeDecoder:
                 seen.setdefault(id(be), be)
         return list(seen.values())
 
-    def _share_prompts(self, ids: list[list[int]], backends: list) -> None:
-        """Rows with identical prompts (e.g. many samples of one prompt) share one prefill: each
-        distinct prompt runs once per backend and its cached state is copied to its rows."""
+    def _prefill(self, ids: list[list[int]], backends: list) -> None:
+        """Run every caching backend over the prompts before the first iteration, so that no level's
+        first call pays for the prompt (the cost curves of the metrics are decode costs).  Rows with
+        identical prompts (e.g. many samples of one prompt) share one prefill: each distinct prompt
+        runs once per backend and its cached state is copied to its rows."""
+        backends = [be for be in backends if hasattr(be, "prefill")]
+        if not backends:
+            return
         uniq: dict = {}
         inverse = [uniq.setdefault(tuple(x), len(uniq)) for x in ids]
-        if len(uniq) == len(ids):
-            return
         dev = self.device
         useq = torch.zeros(len(uniq), max(map(len, uniq)), dtype=torch.int64, device=dev)
         for u, x in enumerate(uniq):
@@ -370,12 +386,18 @@ class SpeculativeDecoder:
         ulens = torch.tensor([len(x) for x in uniq], dtype=torch.int64, device=dev)
         index = torch.tensor(inverse, dtype=torch.int64, device=dev)
         for be in backends:
-            if hasattr(be, "prefill"):
-                be.prefill(useq, ulens)
+            be.prefill(useq, ulens)
+            if len(uniq) != len(ids):
                 be.select_rows(index)
 
     def _iteration(self, ctx, lens, active):
-        """One target iteration: a batch from level n-1, one target verification."""
+        """One target iteration: a batch from level n-1, one target verification (or, with the
+        target alone, one autoregressive token from one uniform)."""
+        if self.n == 0:
+            q = self._probs(0, ctx, lens, 1)[:, 0]  # [B, V]
+            x = sample_inverse_cdf(q, self._draws(1, active)[:, 0])
+            self.metrics.levels[0].rounds += int(active.sum())
+            return x[:, None], torch.zeros_like(x)
         d_tok, d_prob = self._batch(self.n - 1, ctx, lens, active)
         out, nacc, _ = self._verify(self.n, ctx, lens, d_tok, d_prob, active)
         return out, nacc
@@ -434,7 +456,7 @@ class SpeculativeDecoder:
                 lvl.by_positions = {}
 
         lens = torch.tensor([len(x) for x in ids], dtype=torch.int64, device=dev)
-        K1 = self.thresholds[-1] + 1
+        K1 = (self.thresholds[-1] if self.n else 0) + 1
         S = int(lens.max()) + max_new_tokens + K1  # room for a full unkept row past any length
         ctx = torch.zeros(B, S, dtype=torch.int64, device=dev)
         for b, x in enumerate(ids):
@@ -451,7 +473,10 @@ class SpeculativeDecoder:
 
         t0 = time.perf_counter()
         backends = self._backends()
-        self._share_prompts(ids, backends)
+        self._prefill(ids, backends)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        self.metrics.prefill_s = time.perf_counter() - t0
         while rows.numel():
             out, nacc = self._iteration(ctx, lens, active)
             out = self._real(out)

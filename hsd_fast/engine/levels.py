@@ -10,6 +10,8 @@ drafter* (only as level 0).  Specifications accepted by :func:`resolve_levels`, 
   final norm and LM head (HiSpec's virtual models; the full model shares the KV cache and hidden
   states of those layers);
 * a model name or local directory, loaded with ``hsd_fast.models.load(name, dtype=, device=)``;
+  ``"NAME@int8"`` loads a separate copy with weight-only int8 linear layers
+  (:func:`hsd_fast.quant.quantize_int8`, for drafts);
 * any object with ``vocab_size`` and ``probs(seq, lens, n_out, warp)`` (a custom level).
 
 The same model object used twice (e.g. ``EarlyExit(m, 4)`` and ``m``) is driven by ONE backend, so
@@ -25,6 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from ..drafters import Drafter, NGramDrafter, fill_placeholders
+from ..quant import QUANTIZATIONS, is_quantized, quantize_int8
 from ..warp import Warp
 from .backend import CachedLM, RecomputeLM, supports_cached
 
@@ -117,10 +120,22 @@ def _parse_ngram(spec: str) -> NGramDrafter | None:
     return None
 
 
+def _split_quantization(name: str) -> tuple[str, str | None]:
+    """``"NAME@int8"`` -> ``("NAME", "int8")``; a name without ``@`` -> ``(name, None)``."""
+    base, sep, quant = name.rpartition("@")
+    if not sep:
+        return name, None
+    if quant not in QUANTIZATIONS or not base:
+        raise ValueError(f"levels: bad quantized model spec {name!r}; expected NAME@{'|'.join(QUANTIZATIONS)}")
+    return base, quant
+
+
 def _model_name(model) -> str:
     cfg = getattr(model, "config", None)
     name = getattr(cfg, "_name_or_path", "") or type(model).__name__
-    return str(name).rstrip("/").split("/")[-1] or type(model).__name__
+    name = str(name).rstrip("/").split("/")[-1] or type(model).__name__
+    quant = is_quantized(model)
+    return f"{name}@{quant}" if quant else name
 
 
 def resolve_levels(
@@ -160,7 +175,12 @@ def resolve_levels(
                 kwargs["dtype"] = dtype
             if device is not None:
                 kwargs["device"] = device
-            loaded[name] = loader_fn(name, **kwargs)
+            base, quant = _split_quantization(name)
+            if quant is None:
+                loaded[name] = loader_fn(base, **kwargs)
+            else:  # a quantized copy: loaded separately from the plain model of the same name
+                model, tok = loader_fn(base, **kwargs)
+                loaded[name] = (quantize_int8(model), tok)
         return loaded[name]
 
     def prepare(model):

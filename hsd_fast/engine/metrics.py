@@ -33,6 +33,7 @@ class LevelMetrics:
     tested: int = 0
     accept_counts: list[int] = field(default_factory=list)
     by_positions: dict = field(default_factory=dict)  # positions scored per call -> [calls, seconds]
+    verify_s: float = 0.0  # time in the verification kernel of this level (not in time_s)
 
     @property
     def time_per_call_s(self) -> float | None:
@@ -62,12 +63,15 @@ class LevelMetrics:
             "calls": self.calls,
             "time_s": self.time_s,
             "time_per_call_s": self.time_per_call_s,
+            "by_positions": {str(m): list(v) for m, v in sorted(self.by_positions.items())},
         }
         if self.scheme is not None:
             d.update(
+                verify_s=self.verify_s,
                 rounds=self.rounds,
                 drafted=self.drafted,
                 accepted=self.accepted,
+                rejections=self.rejections,
                 acceptance_rate=self.acceptance_rate,
                 alpha=self.alpha,
                 alpha_minpq=self.alpha_minpq,
@@ -84,11 +88,28 @@ class Metrics:
     new_tokens: int = 0
     wall_time_s: float = 0.0
     target_rounds: int = 0  # target verification rounds, per active row
-    target_calls: int = 0  # batched target forward calls (prefill included when it is a separate call)
+    target_calls: int = 0  # batched target forward calls during decoding (the prefill is not one)
+    prefill_s: float = 0.0  # the prompts' prefill on every caching backend (part of wall_time_s)
 
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    @property
+    def decode_s(self) -> float:
+        """Wall time after the prefill."""
+        return self.wall_time_s - self.prefill_s
+
+    @property
+    def verify_s(self) -> float:
+        """Time in the verification kernels, all levels."""
+        return sum(lv.verify_s for lv in self.levels)
+
+    @property
+    def other_s(self) -> float:
+        """Decode time outside the levels' forwards and the verification kernels (the engine's own
+        bookkeeping: appends, buffers, random numbers, metrics)."""
+        return self.decode_s - sum(lv.time_s for lv in self.levels) - self.verify_s
 
     @property
     def tokens_per_target_call(self) -> float | None:
@@ -103,6 +124,10 @@ class Metrics:
             "tokens_per_s": self.tokens_per_s,
             "tokens_per_target_call": self.tokens_per_target_call,
             "target_calls": self.target_calls,
+            "prefill_s": self.prefill_s,
+            "decode_s": self.decode_s,
+            "verify_s": self.verify_s,
+            "other_s": self.other_s,
             "levels": [lv.as_dict() for lv in self.levels],
         }
 
@@ -135,7 +160,9 @@ class Metrics:
         tpc = self.tokens_per_target_call
         lines = [
             f"new tokens {self.new_tokens}  wall {self.wall_time_s:.3f} s  {self.tokens_per_s:.2f} tok/s  "
-            f"tokens/target call {'n/a' if tpc is None else f'{tpc:.3f}'}"
+            f"tokens/target call {'n/a' if tpc is None else f'{tpc:.3f}'}",
+            f"  prefill {self.prefill_s:.3f} s, decode {self.decode_s:.3f} s (verification kernels "
+            f"{self.verify_s:.3f} s, engine bookkeeping {self.other_s:.3f} s)",
         ]
         for i, lv in enumerate(self.levels):
             s = f"  L{i} {lv.kind:7s} {lv.name}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+from fractions import Fraction
 
 import pytest
 import torch
@@ -258,6 +259,61 @@ def test_greedy_recompute_backend_matches(models):
     res = dec.generate(PROMPTS[:2], max_new_tokens=12)
     for b, p in enumerate(PROMPTS[:2]):
         assert res.tokens[b] == plain_greedy(target, ids_of(tok, p), 12)
+
+
+def test_target_alone_is_plain_autoregressive_decoding(models):
+    _, target, tok = models
+    dec = SpeculativeDecoder([target], temperature=0, tokenizer=tok, eos_token_id=None)
+    n = 12
+    res = dec.generate(PROMPTS, max_new_tokens=n)
+    for b, p in enumerate(PROMPTS):
+        assert res.tokens[b] == plain_greedy(target, ids_of(tok, p), n)
+    m = res.metrics
+    assert dec.n == 0 and dec.thresholds == () and dec.schemes == ()
+    assert m.tokens_per_target_call == 1.0 and m.target_calls == n and m.levels[0].rounds == 3 * n
+    assert m.levels[0].by_positions[1][0] == n  # every decode call scores one position; the prefill is apart
+
+
+def test_target_alone_samples_one_uniform_per_token(models):
+    """Autoregressive sampling draw for draw: token t is hsd_ref's inverse-CDF sample of the exact
+    warped law with the row's t-th uniform."""
+    from hsd_ref.exact import sample_index
+
+    _, target, tok = models
+    warp = Warp(temperature=0.8, top_p=0.9)
+    dec = SpeculativeDecoder([target], temperature=0.8, top_p=0.9, tokenizer=tok, eos_token_id=None)
+    seeds, n = [5, 6], 10
+    res = dec.generate(PROMPTS[:2], max_new_tokens=n, seeds=seeds)
+    for b in range(2):
+        tlm = table_lm(target, ids_of(tok, PROMPTS[b]), warp, dec.vocab_size)
+        out: list[int] = []
+        for t in range(n):
+            out.append(sample_index(tlm.probs(tuple(out)), Fraction(reference_uniform(seeds[b], t))))
+        assert res.tokens[b] == out
+
+
+def test_target_alone_bad_input(models):
+    _, target, tok = models
+    with pytest.raises(ValueError, match="thresholds"):
+        SpeculativeDecoder([target], thresholds=4)
+    with pytest.raises(ValueError, match="scheme"):
+        SpeculativeDecoder([target], scheme="no-such-scheme")
+    with pytest.raises(ValueError, match="drafter"):
+        SpeculativeDecoder(["ngram"])
+
+
+def test_metrics_split_prefill_verification_and_bookkeeping(models):
+    draft, target, tok = models
+    dec = SpeculativeDecoder([draft, target], thresholds=3, tokenizer=tok, eos_token_id=None)
+    m = dec.generate(PROMPTS, max_new_tokens=8, seeds=[1, 2, 3]).metrics
+    assert 0 < m.prefill_s < m.wall_time_s
+    assert m.decode_s == pytest.approx(m.wall_time_s - m.prefill_s)
+    assert m.levels[1].verify_s > 0 and m.levels[0].verify_s == 0 and m.verify_s == m.levels[1].verify_s
+    assert m.other_s == pytest.approx(m.decode_s - m.levels[0].time_s - m.levels[1].time_s - m.verify_s)
+    # the prefill is no level's call: the draft only ever scores 1 position, the target T + 1 = 4
+    assert set(m.levels[0].by_positions) == {1} and set(m.levels[1].by_positions) == {4}
+    d = m.as_dict()
+    assert d["levels"][1]["rejections"] == m.levels[1].rejections and d["prefill_s"] == m.prefill_s
 
 
 # ############################################################ draw for draw against hsd_ref

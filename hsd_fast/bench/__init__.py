@@ -1,0 +1,137 @@
+"""``hsd-fast bench``: decoding benchmarks against autoregressive decoding, transformers' assisted
+generation and the latency model (docs/benchmarks.md).
+
+* :mod:`.suites` -- what runs (configurations, plans, suites);
+* :mod:`.families` -- the models of each suite and how prompts are encoded;
+* :mod:`.calibrate` -- measured cost curves and acceptance rates, and the latency model's plans;
+* :mod:`.runner` -- one process, configurations interleaved prompt by prompt, results appended as
+  they come (resumable);
+* :mod:`.analysis` -- speed-ups, acceptance, predictions, the issue's targets;
+* :mod:`.report` -- ``bench.json``, PNG plots, ``benchmarks.md``.
+
+``hsd-fast bench`` runs the full grid and rewrites ``docs/benchmarks.md``; ``--quick`` is a 2-prompt
+smoke run of the real models; ``--tiny`` runs every code path on random tiny models (no download,
+seconds; the test suite uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["add_cli", "run", "main"]
+
+MAIN_SUITE = ("qwen-bf16-humaneval", 1.0)
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="decoding benchmarks; rewrites docs/benchmarks.md", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="2 prompts (HumanEval + Spec-Bench), 32 tokens, K=4, main plans")
+    mode.add_argument("--tiny", action="store_true", help="random tiny models: every code path in seconds, no download")
+    p.add_argument("--suites", default=None, help="comma-separated suite names to run (default: all of the mode)")
+    p.add_argument("--out", default=None, help="where bench.json, bench/*.png and benchmarks.md go (default: docs, "
+                                                "or out/bench-quick / out/bench-tiny)")
+    p.add_argument("--work", default=None, help="raw results (runs.jsonl, calibration.json; default: OUT/../out/bench or OUT/work)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 128 (quick 32, tiny 12)")
+    p.add_argument("--humaneval", type=int, default=None, metavar="N", help="HumanEval prompts per HumanEval suite")
+    p.add_argument("--spec-bench-per-category", type=int, default=None, metavar="M", help="Spec-Bench prompts per category")
+    p.add_argument("--temperatures", default=None, help="comma-separated, e.g. 0,1 (default: each suite's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="keep the results in WORK and run only what is missing")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from WORK without running anything")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _positive(name: str, v):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+    return v
+
+
+def _select(args):
+    from .suites import default_suites, quick_suites, tiny_suites
+
+    if args.tiny:
+        suites, out, tokens = tiny_suites(), Path("out/bench-tiny"), 12
+    elif args.quick:
+        suites, out, tokens = quick_suites(), Path("out/bench-quick"), 32
+    else:
+        suites, out, tokens = default_suites(), Path("docs"), 128
+    if args.suites:
+        names = [s.strip() for s in args.suites.split(",") if s.strip()]
+        known = {s.name for s in suites}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"--suites: unknown suite(s) {unknown}; this mode has {sorted(known)}")
+        suites = [s for s in suites if s.name in names]
+    temps = None
+    if args.temperatures:
+        try:
+            temps = tuple(float(t) for t in args.temperatures.split(",") if t.strip())
+        except ValueError:
+            raise ValueError(f"--temperatures: expected comma-separated numbers, got {args.temperatures!r}") from None
+        if not temps or any(t < 0 for t in temps):
+            raise ValueError(f"--temperatures: expected numbers >= 0, got {args.temperatures!r}")
+    hum = _positive("--humaneval", args.humaneval)
+    spb = _positive("--spec-bench-per-category", args.spec_bench_per_category)
+    suites = [s.with_overrides(temperatures=temps, n_prompts=(hum if s.prompts == "humaneval" else spb)) for s in suites]
+    out = Path(args.out) if args.out else out
+    work = Path(args.work) if args.work else (Path("out/bench") if out == Path("docs") else out / "work")
+    tokens = _positive("--max-new-tokens", args.max_new_tokens) or tokens
+    return suites, out, work, tokens
+
+
+def run(args) -> int:
+    import json
+
+    import torch
+
+    from .analysis import summarize
+    from .report import machine_info, write_report
+    from .runner import Settings, _load_jsonl, run_suites
+
+    try:
+        suites, out, work, tokens = _select(args)
+        _positive("--threads", args.threads)
+        torch.device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        print(f"hsd-fast bench: error: {exc}", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("hsd-fast bench: error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    settings = Settings(work=work, max_new_tokens=tokens, threads=args.threads, device=args.device, seed=args.seed,
+                        resume=args.resume, progress=not args.no_progress,
+                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.report_only:
+        records = _load_jsonl(work / "runs.jsonl")
+        if not records:
+            print(f"hsd-fast bench: error: no results in {work / 'runs.jsonl'} to report", file=sys.stderr)
+            return 2
+    else:
+        records = run_suites(suites, settings)
+    names = {s.name for s in suites}
+    records = [r for r in records if r["suite"] in names]
+    calib_path = work / "calibration.json"
+    calibs = json.loads(calib_path.read_text()) if calib_path.exists() else {}
+    calibs = {k: v for k, v in calibs.items() if k.split("@")[0] in names}
+    rows = summarize(records)
+    command = "hsd-fast bench" + "".join(f" {a}" for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "hsd-fast bench"
+    md = write_report(out, rows=rows, records=records, calibs=calibs, suites=suites,
+                      machine=machine_info(args.threads, args.device),
+                      settings={"max_new_tokens": tokens, "threads": args.threads, "seed": args.seed, "device": args.device},
+                      command=command, main_suite=MAIN_SUITE)
+    print(f"hsd-fast bench: {len(records)} runs; wrote {md}, {out / 'bench.json'} and {out / 'bench'}/*.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..cli import main as cli_main
+
+    return cli_main(["bench", *(argv if argv is not None else sys.argv[1:])])

@@ -1,0 +1,255 @@
+"""Running the suites: models loaded once per process, configurations interleaved prompt by prompt.
+
+For every suite: load the family's models in the suite's dtype; per temperature, calibrate (costs
+and acceptance on prompts disjoint from the measured ones) and turn the plans into runs; warm every
+run up once; then, for every prompt and temperature, run every configuration in an order rotated by
+the prompt's index, so that no configuration is always first after a model switch and slow drift of
+the machine spreads over all of them.  Each result is appended to ``runs.jsonl`` as soon as it
+exists, so an interrupted benchmark resumes where it stopped (``resume=True``) and nothing measured
+is lost.  Every random draw is seeded: the engine by per-row seeds, transformers' sampling by
+``torch.manual_seed`` right before ``generate``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .calibrate import Calibration, calibrate, make_plan
+from .families import Models, get_family
+from .suites import RunSpec, Suite
+
+__all__ = ["Settings", "run_suites", "suite_prompts", "hf_generate", "record_key"]
+
+
+@dataclass
+class Settings:
+    work: Path  # runs.jsonl and calibration.json live here
+    max_new_tokens: int = 128
+    threads: int = 2
+    device: str = "cpu"
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+    log: callable = field(default=print)
+
+
+def record_key(rec: dict) -> tuple:
+    return (rec["suite"], float(rec["temperature"]), rec["prompt_id"], rec["run"])
+
+
+def suite_prompts(suite: Suite):
+    """``(measured, calibration)`` prompt lists, disjoint."""
+    from ..prompts import SPEC_BENCH_CATEGORIES, humaneval_prompts, spec_bench_prompts
+
+    if suite.prompts == "humaneval":
+        allp = humaneval_prompts(suite.n_prompts + suite.calibration_prompts)
+        return allp[: suite.n_prompts], allp[suite.n_prompts :]
+    if suite.prompts != "spec_bench":
+        raise ValueError(f"prompts: unknown prompt set {suite.prompts!r}")
+    cats = suite.categories or SPEC_BENCH_CATEGORIES
+    allp = spec_bench_prompts(cats, per_category=suite.n_prompts + 1)
+    by_cat: dict = {}
+    for p in allp:
+        by_cat.setdefault(p.category, []).append(p)
+    measured = [p for c in cats for p in by_cat.get(c, [])[: suite.n_prompts]]
+    spare = [by_cat[c][suite.n_prompts] for c in cats if len(by_cat.get(c, [])) > suite.n_prompts]
+    step = max(1, len(spare) // max(1, suite.calibration_prompts))
+    return measured, spare[::step][: suite.calibration_prompts]
+
+
+@torch.no_grad()
+def hf_generate(target, ids: list[int], *, max_new_tokens: int, temperature: float, eos_ids, seed: int, assistant=None):
+    """transformers ``generate`` (assisted when ``assistant`` is given): ``(new token ids, seconds)``.
+
+    Sampling is pure (``top_k=0``, ``top_p=1``), as in the engine; the assistant keeps transformers'
+    defaults (``num_assistant_tokens=20``, constant schedule, confidence threshold 0.4)."""
+    from transformers import GenerationConfig
+
+    eos = list(eos_ids) or None
+    kw = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=(eos[0] if eos else 0))
+    if temperature > 0:
+        kw.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
+    else:
+        kw.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+    cfg = GenerationConfig(**kw)
+    dev = next(target.parameters()).device
+    x = torch.tensor([ids], dtype=torch.int64, device=dev)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    out = target.generate(x, attention_mask=torch.ones_like(x), generation_config=cfg, assistant_model=assistant)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return out[0, len(ids):].tolist(), time.perf_counter() - t0
+
+
+class _Executor:
+    """Runs one RunSpec on one prompt; engine decoders are built once per (run, temperature)."""
+
+    def __init__(self, models: Models, settings: Settings):
+        self.models = models
+        self.settings = settings
+        self._decoders: dict = {}
+
+    def decoder(self, run: RunSpec, temperature: float):
+        from ..engine import SpeculativeDecoder
+
+        key = (run, temperature)
+        if key not in self._decoders:
+            m = self.models
+            self._decoders[key] = SpeculativeDecoder(
+                [m.level(k) for k in run.levels] + ([] if run.levels[-1:] == ("target",) else [m.level("target")]),
+                scheme=run.scheme,
+                thresholds=run.thresholds or None,
+                temperature=temperature,
+                tokenizer=m.tokenizer,
+                eos_token_id=list(m.eos_ids) or None,
+            )
+        return self._decoders[key]
+
+    def __call__(self, run: RunSpec, ids: list[int], temperature: float, seed: int, max_new_tokens: int) -> dict:
+        m = self.models
+        if run.kind == "engine":
+            res = self.decoder(run, temperature).generate([ids], max_new_tokens=max_new_tokens, seeds=[seed])
+            toks = res.tokens[0]
+            met = res.metrics.as_dict()
+            return {"tokens": toks, "wall_s": met["wall_time_s"], "prefill_s": met["prefill_s"],
+                    "decode_s": met["decode_s"], "finish": res.finish_reasons[0], "metrics": met}
+        assistant = m.model("draft") if run.kind == "hf_assisted" else None
+        toks, wall = hf_generate(m.target, ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 eos_ids=m.eos_ids, seed=seed, assistant=assistant)
+        finish = "eos" if toks and toks[-1] in m.eos_ids else "length"
+        return {"tokens": toks, "wall_s": wall, "prefill_s": None, "decode_s": None, "finish": finish, "metrics": None}
+
+
+def _load_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by an interruption: it is measured again
+                continue
+    return out
+
+
+def _calibration_keys(suite: Suite) -> list[str]:
+    keys = []
+    for plan in suite.plans:
+        for k in plan.candidates:
+            if k not in keys:
+                keys.append(k)
+    return keys + ["target"]
+
+
+def _plan_runs(suite: Suite, models: Models, calib: Calibration) -> list[RunSpec]:
+    runs, seen = [], {}
+    for spec in suite.plans:
+        if any(_missing(models, k) for k in spec.candidates):
+            calib.plans[spec.name] = {"candidates": list(spec.candidates), "chain": None, "reason": "model not in this family"}
+            continue
+        planned, info = make_plan(spec, calib, suite.max_threshold)
+        calib.plans[spec.name] = info
+        for r in planned:
+            sig = (r.levels, r.scheme, r.thresholds)
+            if sig in seen:  # the same configuration as an earlier plan: run (and report) it once
+                info.setdefault("same_as", []).append(seen[sig])
+                continue
+            seen[sig] = r.name
+            runs.append(r)
+    return runs
+
+
+def _missing(models: Models, key: str) -> bool:
+    try:
+        models.level(key)
+    except ValueError:
+        return True
+    return False
+
+
+def run_suites(suites: list[Suite], settings: Settings) -> list[dict]:
+    """Run every suite; returns all records (those of earlier, resumed runs included)."""
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(settings.threads)
+    work = Path(settings.work)
+    work.mkdir(parents=True, exist_ok=True)
+    runs_path, calib_path = work / "runs.jsonl", work / "calibration.json"
+    records = _load_jsonl(runs_path) if settings.resume else []
+    # rewrite what is kept: a line cut by an interruption is dropped (and measured again), not extended
+    runs_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = {record_key(r) for r in records}
+    calibs = json.loads(calib_path.read_text()) if settings.resume and calib_path.exists() else {}
+    device = torch.device(settings.device)
+    loaded: tuple | None = None
+    for suite in suites:
+        family = get_family(suite.family)
+        dtype = getattr(torch, suite.dtype)
+        if loaded is None or loaded[0] != (suite.family, suite.dtype):
+            loaded = None  # free the previous models before loading the next ones
+            settings.log(f"[bench] loading {family.description} in {suite.dtype}")
+            loaded = ((suite.family, suite.dtype), family.load(dtype, device))
+        models = loaded[1]
+        execute = _Executor(models, settings)
+        measured, calib_prompts = suite_prompts(suite)
+        calib_ids = [models.encode(p) for p in calib_prompts] or [models.encode(measured[0])]
+        plan_runs = {}
+        for temp in suite.temperatures:
+            ck = f"{suite.name}@{temp}"
+            if ck in calibs:
+                calib = Calibration.from_dict(calibs[ck])
+            else:
+                settings.log(f"[bench] {suite.name} T={temp}: calibrating costs and acceptance on {len(calib_ids)} prompt(s)")
+                calib = calibrate(models, _calibration_keys(suite) if suite.plans else ["target"], calib_ids, temp,
+                                  new_tokens=suite.calibration_tokens, seed=settings.seed)
+            plan_runs[temp] = list(suite.runs) + _plan_runs(suite, models, calib)
+            calibs[ck] = calib.as_dict()
+            calib_path.write_text(json.dumps(calibs, indent=1))
+        todo = [(i, p, t, r) for i, p in enumerate(measured) for t in suite.temperatures for r in _rotate(plan_runs[t], i)
+                if (suite.name, float(t), p.id, r.name) not in done]
+        if not todo:
+            continue
+        settings.log(f"[bench] {suite.name}: {len(todo)} runs ({len(measured)} prompts x {len(suite.temperatures)} temperatures)")
+        for temp in suite.temperatures:  # warm-up: first calls allocate caches and kernels
+            for run in plan_runs[temp]:
+                execute(run, calib_ids[0], temp, settings.seed, 4)
+        bar = tqdm(todo, desc=suite.name, unit="run", disable=not settings.progress, dynamic_ncols=True)
+        with runs_path.open("a") as fh:
+            for i, prompt, temp, run in bar:
+                bar.set_postfix_str(f"T={temp} {prompt.id} {run.name}")
+                ids = models.encode(prompt)
+                seed = settings.seed + i
+                res = execute(run, ids, temp, seed, settings.max_new_tokens)
+                rec = _record(suite, run, prompt, ids, temp, seed, res)
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+                records.append(rec)
+    return records
+
+
+def _rotate(runs: list, i: int) -> list:
+    if not runs:
+        return runs
+    k = i % len(runs)
+    return runs[k:] + runs[:k]
+
+
+def _record(suite: Suite, run: RunSpec, prompt, ids, temp: float, seed: int, res: dict) -> dict:
+    toks = res["tokens"]
+    return {
+        "suite": suite.name, "family": suite.family, "dtype": suite.dtype, "prompts": suite.prompts,
+        "temperature": float(temp), "prompt_id": prompt.id, "category": prompt.category, "prompt_tokens": len(ids),
+        "run": run.name, "kind": run.kind, "group": run.group, "plan": run.plan, "levels": list(run.levels),
+        "scheme": run.scheme, "thresholds": list(run.thresholds), "k": run.k, "seed": seed,
+        "new_tokens": len(toks), "tokens_sha1": hashlib.sha1(json.dumps(toks).encode()).hexdigest()[:16], "tokens": toks,
+        "wall_s": res["wall_s"], "prefill_s": res["prefill_s"], "decode_s": res["decode_s"], "finish": res["finish"],
+        "metrics": res["metrics"], "time": time.time(),
+    }

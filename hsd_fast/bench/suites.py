@@ -1,0 +1,149 @@
+"""What the decoding benchmark runs: run specifications, plans and suites.
+
+A :class:`RunSpec` is one configuration: a baseline (``kind="hf"`` / ``"hf_assisted"``, or the engine
+with the target alone), or the engine over some levels with a scheme and thresholds.  A
+:class:`PlanSpec` is a configuration the latency model chooses: after calibration (measured cost
+curves and acceptance rates, :mod:`hsd_fast.bench.calibrate`), ``hsd_ref.optimize.optimal_hierarchy``
+picks the chain and the thresholds, and the plan becomes a RunSpec.  A :class:`Suite` is one process's
+worth of work: one model family and dtype, one prompt set, the temperatures, and the configurations,
+interleaved prompt by prompt so that machine drift cancels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+__all__ = ["RunSpec", "PlanSpec", "Suite", "default_suites", "quick_suites", "tiny_suites", "SCHEMES", "K_GRID"]
+
+SCHEMES = ("tokenwise", "block", "hsd_capped")
+K_GRID = (2, 4, 6, 8)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str  # unique within a suite
+    kind: str  # "engine", "hf" (transformers generate) or "hf_assisted" (generate(assistant_model=draft))
+    levels: tuple[str, ...] = ("target",)  # engine level keys, bottom-up (hsd_fast.bench.families)
+    scheme: str = "tokenwise"
+    thresholds: tuple[int, ...] = ()
+    group: str = "single"  # "baseline", "single", "hierarchy", "int8"
+    plan: str | None = None  # the PlanSpec this run came from
+
+    @property
+    def k(self) -> int | None:
+        """Draft length of a single-draft run (the speed-up-vs-K plots)."""
+        return self.thresholds[0] if self.kind == "engine" and len(self.levels) == 2 else None
+
+    def describe(self) -> str:
+        if self.kind != "engine":
+            return {"hf": "transformers generate", "hf_assisted": "transformers generate(assistant_model=draft)"}[self.kind]
+        if self.levels == ("target",):
+            return "engine, target alone (autoregressive)"
+        chain = " -> ".join(f"{lv} [T={t}]" for lv, t in zip(self.levels, self.thresholds)) + " -> target"
+        return f"{chain}, {self.scheme}"
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """A configuration chosen by the latency model from the calibration.
+
+    ``candidates``: level keys (cheapest first, the target implied last) the optimiser may chain.
+    ``through_any``: the chain must pass through at least one of these keys (e.g. an early exit);
+    ``through_all``: through every candidate (a forced full hierarchy).  Both are enforced by
+    optimising over restricted problems in which no acceptance pair jumps over a required key.
+    ``schemes``: one run per scheme."""
+
+    name: str
+    candidates: tuple[str, ...]
+    schemes: tuple[str, ...] = ("tokenwise",)
+    group: str = "hierarchy"
+    through_any: tuple[str, ...] = ()
+    through_all: bool = False
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    family: str
+    dtype: str  # "bfloat16" or "float32"
+    prompts: str  # "humaneval" or "spec_bench"
+    n_prompts: int  # HumanEval: the first n; Spec-Bench: the first n of every category
+    categories: tuple[str, ...] | None = None  # Spec-Bench: only these categories (default all 13)
+    temperatures: tuple[float, ...] = (0.0, 1.0)
+    runs: tuple[RunSpec, ...] = ()
+    plans: tuple[PlanSpec, ...] = ()
+    calibration_prompts: int = 2  # prompts (disjoint from the measured ones) for the calibration
+    calibration_tokens: int = 64
+    max_threshold: int = 8
+
+    def with_overrides(self, **kw) -> "Suite":
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+def _baselines(assisted: bool = True) -> tuple[RunSpec, ...]:
+    runs = [RunSpec("autoregressive", "engine", group="baseline"), RunSpec("hf generate", "hf", group="baseline")]
+    if assisted:
+        runs.append(RunSpec("hf assisted", "hf_assisted", levels=("draft", "target"), group="baseline"))
+    return tuple(runs)
+
+
+def _single(draft: str, schemes=SCHEMES, ks=K_GRID) -> tuple[RunSpec, ...]:
+    return tuple(RunSpec(f"{s} K={k}", "engine", (draft, "target"), s, (k,), "single") for s in schemes for k in ks)
+
+
+def _qwen_plans(exits: tuple[int, ...]) -> tuple[PlanSpec, ...]:
+    exit_keys = tuple(f"exit:{d}" for d in exits)
+    return (
+        PlanSpec("hierarchy", ("ngram", "draft"), schemes=("tokenwise", "block")),
+        PlanSpec("hierarchy 3-level", ("ngram", "draft"), through_all=True),
+        PlanSpec("early-exit hierarchy", ("ngram", "draft", *exit_keys), through_any=exit_keys),
+        PlanSpec("int8 draft", ("draft@int8",), schemes=("tokenwise", "block"), group="int8"),
+        PlanSpec("int8 hierarchy", ("ngram", "draft@int8"), schemes=("tokenwise", "block"), group="int8"),
+    )
+
+
+def default_suites() -> list[Suite]:
+    """The full benchmark of docs/benchmarks.md (hours on a 2-core CPU)."""
+    from .families import FAMILIES
+
+    exits = FAMILIES["qwen"].exits
+    plans = _qwen_plans(exits)
+    return [
+        Suite("qwen-bf16-humaneval", "qwen", "bfloat16", "humaneval", 6, runs=_baselines() + _single("draft"), plans=plans),
+        Suite("qwen-bf16-specbench", "qwen", "bfloat16", "spec_bench", 1,
+              runs=_baselines() + _single("draft", ks=(4,)),
+              plans=(plans[0], plans[3], plans[4]), calibration_prompts=4, calibration_tokens=48),
+        Suite("qwen-fp32-humaneval", "qwen", "float32", "humaneval", 3,
+              runs=_baselines() + _single("draft", ks=(4,)), plans=(plans[0], plans[3])),
+        Suite("smollm2-bf16-humaneval", "smollm2", "bfloat16", "humaneval", 6,
+              runs=_baselines(assisted=False) + _single("ngram", schemes=("tokenwise", "block"), ks=(2, 4, 8))),
+        Suite("smollm2-bf16-specbench", "smollm2", "bfloat16", "spec_bench", 1,
+              runs=_baselines(assisted=False) + _single("ngram", schemes=("tokenwise", "block"), ks=(4,))),
+    ]
+
+
+def quick_suites() -> list[Suite]:
+    """``--quick``: 2 prompts (one HumanEval, one Spec-Bench), short outputs, one K, the main plans."""
+    plans = _qwen_plans(())[:1] + _qwen_plans(())[3:4]
+    runs = _baselines() + _single("draft", ks=(4,))
+    return [
+        Suite("qwen-bf16-humaneval", "qwen", "bfloat16", "humaneval", 1, runs=runs, plans=plans,
+              calibration_prompts=1, calibration_tokens=16, max_threshold=6),
+        Suite("qwen-bf16-specbench", "qwen", "bfloat16", "spec_bench", 1, categories=("qa",), runs=runs, plans=plans[:1],
+              calibration_prompts=1, calibration_tokens=16, max_threshold=6),
+    ]
+
+
+def tiny_suites() -> list[Suite]:
+    """Random tiny models, every kind of run and plan: the CI smoke test of the whole pipeline."""
+    from .families import FAMILIES
+
+    plans = _qwen_plans(FAMILIES["tiny"].exits)
+    return [
+        Suite("tiny-f64-humaneval", "tiny", "float64", "humaneval", 1, runs=_baselines() + _single("draft", ks=(2, 4)),
+              plans=plans, calibration_prompts=1, calibration_tokens=12, max_threshold=4),
+        Suite("tiny-f64-specbench", "tiny", "float64", "spec_bench", 1, temperatures=(1.0,),
+              runs=_baselines() + _single("ngram", schemes=("tokenwise",), ks=(2,)), plans=plans[:1],
+              calibration_prompts=1, calibration_tokens=12, max_threshold=4),
+    ]
+
