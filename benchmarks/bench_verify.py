@@ -4,7 +4,7 @@ Run (the suite's addopts skip benchmarks, ``--benchmark-only`` turns them back o
 
     python -m pytest benchmarks/bench_verify.py --benchmark-only -p no:cacheprovider \\
         --benchmark-json=/tmp/bench_verify.json
-    python benchmarks/bench_verify.py /tmp/bench_verify.json     # the markdown table of docs/benchmarks.md
+    python benchmarks/bench_verify.py /tmp/bench_verify.json     # the markdown table of docs/kernels.md
 
 Grid: B in {1, 64}, K in {4, 8}, V in {32000, 151936} (Llama-2 and Qwen2.5 vocabularies), every
 scheme, multi-draft schemes with N = 2 drafts; float32 probabilities (softmax of N(0, 3^2) logits for

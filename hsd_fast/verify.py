@@ -39,7 +39,7 @@ multi-draft inputs, rows of drafts that share their first ``t`` real tokens equa
 tolerance at position ``t`` (the kernels use the rows of the lowest such slot).  Every error is a
 ``ValueError`` whose message starts with the offending argument.  Inputs are never modified.
 
-Performance (docs/benchmarks.md): the kernels are written for a GPU (whole-batch tensor ops; block,
+Performance (docs/kernels.md): the kernels are written for a GPU (whole-batch tensor ops; block,
 hsd_capped and the multi-draft walk gather the rows still in play with one ``nonzero`` per position,
 a host sync).  On a CPU whose last-level cache is smaller than a [B, V] tensor, ``impl="loop"``
 (row by row, in cache) is faster.

@@ -30,7 +30,7 @@ from .suites import PlanSpec, RunSpec
 
 __all__ = ["Calibration", "POSITIONS", "calibrate", "make_plan"]
 
-POSITIONS = (1, 2, 3, 5, 7, 9)  # positions scored per call: a step, and verifications of K = 1..8
+POSITIONS = (1, 2, 3, 5, 7, 9, 13, 17)  # positions scored per call: a step, and verifications of K = 1..16
 REPS = 3
 
 
@@ -231,12 +231,14 @@ def make_plan(spec: PlanSpec, calib: Calibration, max_threshold: int) -> tuple[l
     return runs, info
 
 
-def _forced(names, curves, acc, required, max_threshold, max_drafts: int = 3):
-    """``(latency, chain, thresholds, None)`` of the fastest chain through ``required`` (exhaustive)."""
+def _forced(names, curves, acc, required, max_threshold, max_drafts: int = 3, cap: int = 8):
+    """``(latency, chain, thresholds, None)`` of the fastest chain through ``required`` (exhaustive
+    over chains of at most ``max_drafts`` draft levels and thresholds up to ``min(max_threshold, cap)``)."""
     import itertools
 
     from hsd_ref.latency import fhierarchy_latency
 
+    max_threshold = min(max_threshold, cap)
     drafts = names[:-1]
     best = None
     for n in range(1, min(max_drafts, len(drafts)) + 1):

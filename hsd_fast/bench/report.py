@@ -63,6 +63,12 @@ def _pct(v) -> str:
     return "" if v is None else f"{100 * v:.1f}%"
 
 
+def _pair(a, b, suffix: str) -> str:
+    if a is None:
+        return ""
+    return f"{a:.2f}{suffix}" if b is None else f"{a:.2f}{suffix} / {b:.2f}{suffix}"
+
+
 def _acc(row: dict) -> str:
     levels = row.get("levels_pooled") or []
     vals = [lv["alpha"] for lv in levels[1:]]
@@ -70,8 +76,9 @@ def _acc(row: dict) -> str:
 
 
 def _config_table(rows: list[dict]) -> list[str]:
-    out = ["| configuration | tok/s median (IQR) | vs autoregressive | vs HF generate | vs HF assisted | tokens / target call "
-           "| acceptance per level | c | predicted (alpha / law) | measured decode | measured / predicted | verification |",
+    out = ["| configuration | tok/s median (IQR) | vs autoregressive | vs HF generate | vs HF assisted (or prompt lookup) | tokens / target call "
+           "| acceptance per level | c | predicted (alpha / law) | measured decode (kept / uncut) | measured / predicted (kept / uncut) "
+           "| verification |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         pred = "" if r.get("predicted_speedup") is None else f"{r['predicted_speedup']:.2f}x / {_x(r.get('predicted_speedup_law'))}"
@@ -80,9 +87,10 @@ def _config_table(rows: list[dict]) -> list[str]:
                            r["greedy_equal_to_autoregressive"][0] != r["greedy_equal_to_autoregressive"][1] else "")
         out.append("| " + " | ".join([
             name, _q(r["tokens_per_s"]), _q(r["vs_autoregressive"], suffix="x"), _q(r["vs_hf_generate"], suffix="x"),
-            _q(r["vs_hf_assisted"], suffix="x"), "" if tpc is None else f"{tpc:.2f}", _acc(r),
-            "" if r.get("c") is None else f"{r['c']:.3f}", pred, _x(r.get("measured_decode_speedup")),
-            "" if r.get("measured_over_predicted") is None else f"{r['measured_over_predicted']:.3f}", _pct(r.get("verify_share")),
+            _q(r["vs_hf_speculative"], suffix="x"), "" if tpc is None else f"{tpc:.2f}", _acc(r),
+            " / ".join("" if c is None else f"{c:.3f}" for c in r.get("c") or []), pred,
+            _pair(r.get("measured_decode_speedup"), r.get("measured_uncut_speedup"), "x"),
+            _pair(r.get("measured_over_predicted"), r.get("uncut_over_predicted"), ""), _pct(r.get("verify_share")),
         ]) + " |")
     return out
 
@@ -171,7 +179,7 @@ def _plots(rows: list[dict], img_dir: Path, rel: str) -> list[str]:
                 pts = sorted((r["k"], r["vs_autoregressive"][1]) for r in st if r["group"] == "single" and r["scheme"] == scheme and r["vs_autoregressive"])
                 ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", label=scheme)
             for r in st:
-                if r["group"] in ("hierarchy", "int8") or r["kind"] == "hf_assisted":
+                if r["group"] in ("hierarchy", "int8") or r["kind"] in ("hf_assisted", "hf_lookup"):
                     if r["vs_autoregressive"]:
                         ax.axhline(r["vs_autoregressive"][1], ls="--", lw=0.8, color="gray")
                         ax.annotate(r["run"], (ax.get_xlim()[0], r["vs_autoregressive"][1]), fontsize=6, va="bottom")
@@ -262,7 +270,9 @@ def write_report(out_dir: Path, *, rows: list[dict], records: list[dict], calibs
          "The prediction uses only what the run measured: per-level cost per call by positions scored (the target's "
          "single step from the autoregressive run), the acceptance MLE per edge (alpha; or the measured law of "
          "accepted counts), `hsd_ref.latency.fhierarchy_speedup`; it is compared with the measured decode-only "
-         "speed-up (no prefill). c = draft step / target step. Rows marked * are greedy runs whose output differs from "
+         "speed-up (no prefill), per kept token and per token the target emitted before the EOS / max_new_tokens cuts "
+         "(uncut: the model's steady state; the difference is the cut tail of the last iteration). c = cost per call "
+         "of each draft level (a step; a middle level's verification) / the target's step. Rows marked * are greedy runs whose output differs from "
          "the autoregressive one on some prompt (bf16 rounding; see engine.md).", ""]
     L += ["## Targets", ""]
     for key, rowsk in checks.items():

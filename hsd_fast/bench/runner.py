@@ -12,6 +12,7 @@ is lost.  Every random draw is seeded: the engine by per-row seeds, transformers
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import time
@@ -64,8 +65,10 @@ def suite_prompts(suite: Suite):
 
 
 @torch.no_grad()
-def hf_generate(target, ids: list[int], *, max_new_tokens: int, temperature: float, eos_ids, seed: int, assistant=None):
-    """transformers ``generate`` (assisted when ``assistant`` is given): ``(new token ids, seconds)``.
+def hf_generate(target, ids: list[int], *, max_new_tokens: int, temperature: float, eos_ids, seed: int, assistant=None,
+                prompt_lookup: int | None = None):
+    """transformers ``generate`` (assisted when ``assistant`` is given, prompt lookup with
+    ``prompt_lookup`` tokens per draft): ``(new token ids, seconds)``.
 
     Sampling is pure (``top_k=0``, ``top_p=1``), as in the engine; the assistant keeps transformers'
     defaults (``num_assistant_tokens=20``, constant schedule, confidence threshold 0.4)."""
@@ -73,6 +76,8 @@ def hf_generate(target, ids: list[int], *, max_new_tokens: int, temperature: flo
 
     eos = list(eos_ids) or None
     kw = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=(eos[0] if eos else 0))
+    if prompt_lookup is not None:
+        kw["prompt_lookup_num_tokens"] = prompt_lookup
     if temperature > 0:
         kw.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
     else:
@@ -121,8 +126,9 @@ class _Executor:
             return {"tokens": toks, "wall_s": met["wall_time_s"], "prefill_s": met["prefill_s"],
                     "decode_s": met["decode_s"], "finish": res.finish_reasons[0], "metrics": met}
         assistant = m.model("draft") if run.kind == "hf_assisted" else None
+        lookup = run.thresholds[0] if run.kind == "hf_lookup" else None
         toks, wall = hf_generate(m.target, ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                                 eos_ids=m.eos_ids, seed=seed, assistant=assistant)
+                                 eos_ids=m.eos_ids, seed=seed, assistant=assistant, prompt_lookup=lookup)
         finish = "eos" if toks and toks[-1] in m.eos_ids else "length"
         return {"tokens": toks, "wall_s": wall, "prefill_s": None, "decode_s": None, "finish": finish, "metrics": None}
 
@@ -190,15 +196,17 @@ def run_suites(suites: list[Suite], settings: Settings) -> list[dict]:
     calibs = json.loads(calib_path.read_text()) if settings.resume and calib_path.exists() else {}
     device = torch.device(settings.device)
     loaded: tuple | None = None
+    models = execute = None
     for suite in suites:
         family = get_family(suite.family)
         dtype = getattr(torch, suite.dtype)
         if loaded is None or loaded[0] != (suite.family, suite.dtype):
-            loaded = None  # free the previous models before loading the next ones
+            loaded = models = execute = None  # free the previous models (and their decoders) first
+            gc.collect()
             settings.log(f"[bench] loading {family.description} in {suite.dtype}")
             loaded = ((suite.family, suite.dtype), family.load(dtype, device))
-        models = loaded[1]
-        execute = _Executor(models, settings)
+            models = loaded[1]
+            execute = _Executor(models, settings)
         measured, calib_prompts = suite_prompts(suite)
         calib_ids = [models.encode(p) for p in calib_prompts] or [models.encode(measured[0])]
         plan_runs = {}

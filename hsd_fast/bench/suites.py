@@ -22,7 +22,8 @@ K_GRID = (2, 4, 6, 8)
 @dataclass(frozen=True)
 class RunSpec:
     name: str  # unique within a suite
-    kind: str  # "engine", "hf" (transformers generate) or "hf_assisted" (generate(assistant_model=draft))
+    kind: str  # "engine", "hf" (transformers generate), "hf_assisted" (generate(assistant_model=draft)) or
+    # "hf_lookup" (generate(prompt_lookup_num_tokens=K): transformers' n-gram drafter)
     levels: tuple[str, ...] = ("target",)  # engine level keys, bottom-up (hsd_fast.bench.families)
     scheme: str = "tokenwise"
     thresholds: tuple[int, ...] = ()
@@ -36,7 +37,8 @@ class RunSpec:
 
     def describe(self) -> str:
         if self.kind != "engine":
-            return {"hf": "transformers generate", "hf_assisted": "transformers generate(assistant_model=draft)"}[self.kind]
+            return {"hf": "transformers generate", "hf_assisted": "transformers generate(assistant_model=draft)",
+                    "hf_lookup": f"transformers generate(prompt_lookup_num_tokens={self.thresholds[0]})"}[self.kind]
         if self.levels == ("target",):
             return "engine, target alone (autoregressive)"
         chain = " -> ".join(f"{lv} [T={t}]" for lv, t in zip(self.levels, self.thresholds)) + " -> target"
@@ -74,16 +76,18 @@ class Suite:
     plans: tuple[PlanSpec, ...] = ()
     calibration_prompts: int = 2  # prompts (disjoint from the measured ones) for the calibration
     calibration_tokens: int = 64
-    max_threshold: int = 8
+    max_threshold: int = 16  # the plans' largest threshold (the calibration measures up to 17 positions)
 
     def with_overrides(self, **kw) -> "Suite":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
-def _baselines(assisted: bool = True) -> tuple[RunSpec, ...]:
+def _baselines(assisted: bool = True, lookup: bool = False) -> tuple[RunSpec, ...]:
     runs = [RunSpec("autoregressive", "engine", group="baseline"), RunSpec("hf generate", "hf", group="baseline")]
     if assisted:
         runs.append(RunSpec("hf assisted", "hf_assisted", levels=("draft", "target"), group="baseline"))
+    if lookup:
+        runs.append(RunSpec("hf prompt lookup", "hf_lookup", levels=("ngram", "target"), thresholds=(4,), group="baseline"))
     return tuple(runs)
 
 
@@ -116,9 +120,9 @@ def default_suites() -> list[Suite]:
         Suite("qwen-fp32-humaneval", "qwen", "float32", "humaneval", 3,
               runs=_baselines() + _single("draft", ks=(4,)), plans=(plans[0], plans[3])),
         Suite("smollm2-bf16-humaneval", "smollm2", "bfloat16", "humaneval", 6,
-              runs=_baselines(assisted=False) + _single("ngram", schemes=("tokenwise", "block"), ks=(2, 4, 8))),
+              runs=_baselines(assisted=False, lookup=True) + _single("ngram", schemes=("tokenwise", "block"), ks=(2, 4, 8))),
         Suite("smollm2-bf16-specbench", "smollm2", "bfloat16", "spec_bench", 1,
-              runs=_baselines(assisted=False) + _single("ngram", schemes=("tokenwise", "block"), ks=(4,))),
+              runs=_baselines(assisted=False, lookup=True) + _single("ngram", schemes=("tokenwise", "block"), ks=(4,))),
     ]
 
 
@@ -143,7 +147,7 @@ def tiny_suites() -> list[Suite]:
         Suite("tiny-f64-humaneval", "tiny", "float64", "humaneval", 1, runs=_baselines() + _single("draft", ks=(2, 4)),
               plans=plans, calibration_prompts=1, calibration_tokens=12, max_threshold=4),
         Suite("tiny-f64-specbench", "tiny", "float64", "spec_bench", 1, temperatures=(1.0,),
-              runs=_baselines() + _single("ngram", schemes=("tokenwise",), ks=(2,)), plans=plans[:1],
+              runs=_baselines(lookup=True) + _single("ngram", schemes=("tokenwise",), ks=(2,)), plans=plans[:1],
               calibration_prompts=1, calibration_tokens=12, max_threshold=4),
     ]
 

@@ -150,17 +150,17 @@ def test_single_draft_prediction_is_leviathans_closed_form():
     recs[1]["thresholds"], recs[1]["levels"] = [k], ["draft", "target"]
     row = next(r for r in analysis.summarize(recs) if r["run"] == "tokenwise K=4")
     assert row["predicted_speedup"] == pytest.approx(float(walltime_factor(alpha, k, c)), rel=1e-12)
-    assert row["c"] == pytest.approx(float(c))
+    assert row["c"] == [pytest.approx(float(c))]
     assert row["tokens_per_target_call"] == (accepted + 100) / 100
 
 
 def test_targets_flag_what_is_met():
     rows = [
         {"suite": "s", "temperature": 1.0, "run": "tokenwise K=8", "kind": "engine", "group": "single", "levels": ["draft", "target"],
-         "vs_autoregressive": (1, 2.2, 3), "vs_hf_generate": (1, 2.1, 3), "vs_hf_assisted": (1, 1.4, 2), "tokens_per_target_call": 4.0,
+         "vs_autoregressive": (1, 2.2, 3), "vs_hf_generate": (1, 2.1, 3), "vs_hf_speculative": (1, 1.4, 2), "tokens_per_target_call": 4.0,
          "measured_over_predicted": 0.97, "verify_share": 0.01, "pooled_tokens_per_s": 10.0},
         {"suite": "s", "temperature": 1.0, "run": "block K=8", "kind": "engine", "group": "single", "levels": ["draft", "target"],
-         "vs_autoregressive": (1, 1.5, 3), "vs_hf_generate": (1, 1.4, 3), "vs_hf_assisted": (1, 1.0, 2), "tokens_per_target_call": 4.1,
+         "vs_autoregressive": (1, 1.5, 3), "vs_hf_generate": (1, 1.4, 3), "vs_hf_speculative": (1, 1.0, 2), "tokens_per_target_call": 4.1,
          "measured_over_predicted": 0.90, "verify_share": 0.03, "pooled_tokens_per_s": 8.0},
     ]
     got = {t["target"].split(" ")[0] + t["goal"]: t["met"] for t in analysis.targets(rows, "s", 1.0)}
