@@ -100,5 +100,5 @@ def fill_placeholders(tokens: torch.Tensor, last_token: torch.Tensor) -> torch.T
 def point_mass_rows(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Draft probabilities of deterministic proposals: one-hot rows; an all-zero row for ``-1`` (a
     proposal outside a restricted vocabulary).  # [B, n] -> [B, n, V] float64"""
-    rows = torch.nn.functional.one_hot(tokens.clamp(min=0), vocab_size).to(torch.float64)
-    return rows * (tokens >= 0)[..., None]
+    rows = torch.zeros((*tokens.shape, vocab_size), dtype=torch.float64, device=tokens.device)
+    return rows.scatter_(-1, tokens.clamp(min=0)[..., None], (tokens >= 0).to(torch.float64)[..., None])

@@ -4,9 +4,10 @@ Streams the generated text of a single prompt as the target accepts it, then pri
 (tokens/s, tokens per target call, acceptance per level, calls and time per model).
 
 Levels: ``--draft`` (repeatable, bottom-up) takes ``ngram`` / ``ngram:N`` (prompt lookup), a model
-name of the ``hsd_fast.models`` registry or a local Hugging Face folder, or ``exit:D`` (an
-early-exit view of the target: its first ``D`` layers + final norm + LM head, sharing the target's
-KV cache).  Default: ``smollm2-135m`` with an n-gram drafter.
+name of the ``hsd_fast.models`` registry or a local Hugging Face folder (``NAME@int8``: a weight-only
+int8 copy), or ``exit:D`` (an early-exit view of the target: its first ``D`` layers + final norm + LM
+head, sharing the target's KV cache); ``--draft none`` decodes with the target alone
+(autoregressive).  Default: ``smollm2-135m`` with an n-gram drafter.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def add_cli(subparsers) -> None:
     )
     p.add_argument("--target", default="smollm2-135m", help="target model: registry name or local HF folder (default smollm2-135m)")
     p.add_argument("--draft", action="append", default=None, metavar="SPEC",
-                   help="a draft level, bottom-up, repeatable: ngram, ngram:N, a model name/folder, exit:D (default: ngram)")
+                   help="a draft level, bottom-up, repeatable: ngram, ngram:N, a model name/folder, NAME@int8, exit:D; "
+                        "'none' = the target alone (default: ngram)")
     p.add_argument("--scheme", default="tokenwise",
                    help="verification scheme, one name or one per level comma-separated: tokenwise, block, hsd_capped, greedy")
     p.add_argument("--thresholds", default=None, help="T_0,...,T_{n-1} comma-separated, or one int k (halving below); default 4")
@@ -49,6 +51,10 @@ def _levels(args):
     from .engine import EarlyExit
 
     drafts = args.draft or ["ngram"]
+    if drafts == ["none"]:
+        return [args.target]
+    if "none" in drafts:
+        raise ValueError("--draft: 'none' (the target alone) cannot be combined with other draft levels")
     levels = []
     for d in drafts:
         if d.startswith("exit:"):

@@ -56,10 +56,6 @@ class Models:
     eos_ids: tuple[int, ...]
     _exits: dict = field(default_factory=dict)
 
-    @property
-    def n_layers(self) -> int:
-        return int(self.target.config.num_hidden_layers)
-
     def level(self, key: str):
         """The level spec for ``hsd_fast.engine.SpeculativeDecoder`` behind a level key."""
         from ..engine import EarlyExit

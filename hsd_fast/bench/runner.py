@@ -16,7 +16,7 @@ import gc
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from .calibrate import Calibration, calibrate, make_plan
 from .families import Models, get_family
 from .suites import RunSpec, Suite
 
-__all__ = ["Settings", "run_suites", "suite_prompts", "hf_generate", "record_key"]
+__all__ = ["Settings", "run_suites", "suite_prompts", "hf_generate", "record_key", "for_temperature"]
 
 
 @dataclass
@@ -173,6 +173,23 @@ def _plan_runs(suite: Suite, models: Models, calib: Calibration) -> list[RunSpec
     return runs
 
 
+def for_temperature(runs: list[RunSpec], temperature: float) -> list[RunSpec]:
+    """At temperature 0 every scheme verifies greedily (the engine's ``greedy``): configurations that
+    differ only in their scheme are one configuration, run once and named for ``greedy``."""
+    if temperature > 0:
+        return list(runs)
+    out, seen = [], set()
+    for r in runs:
+        if r.kind != "engine" or r.levels == ("target",):
+            out.append(r)
+            continue
+        sig = (r.levels, r.thresholds)
+        if sig not in seen:
+            seen.add(sig)
+            out.append(replace(r, name=r.name.replace(r.scheme, "greedy"), scheme="greedy"))
+    return out
+
+
 def _missing(models: Models, key: str) -> bool:
     try:
         models.level(key)
@@ -218,7 +235,7 @@ def run_suites(suites: list[Suite], settings: Settings) -> list[dict]:
                 settings.log(f"[bench] {suite.name} T={temp}: calibrating costs and acceptance on {len(calib_ids)} prompt(s)")
                 calib = calibrate(models, _calibration_keys(suite) if suite.plans else ["target"], calib_ids, temp,
                                   new_tokens=suite.calibration_tokens, seed=settings.seed)
-            plan_runs[temp] = list(suite.runs) + _plan_runs(suite, models, calib)
+            plan_runs[temp] = for_temperature(list(suite.runs) + _plan_runs(suite, models, calib), temp)
             calibs[ck] = calib.as_dict()
             calib_path.write_text(json.dumps(calibs, indent=1))
         todo = [(i, p, t, r) for i, p in enumerate(measured) for t in suite.temperatures for r in _rotate(plan_runs[t], i)

@@ -144,7 +144,7 @@ def tiny_suites() -> list[Suite]:
 
     plans = _qwen_plans(FAMILIES["tiny"].exits)
     return [
-        Suite("tiny-f64-humaneval", "tiny", "float64", "humaneval", 1, runs=_baselines() + _single("draft", ks=(2, 4)),
+        Suite("tiny-f64-humaneval", "tiny", "float64", "humaneval", 1, runs=_baselines(lookup=True) + _single("draft", ks=(2, 4)),
               plans=plans, calibration_prompts=1, calibration_tokens=12, max_threshold=4),
         Suite("tiny-f64-specbench", "tiny", "float64", "spec_bench", 1, temperatures=(1.0,),
               runs=_baselines(lookup=True) + _single("ngram", schemes=("tokenwise",), ks=(2,)), plans=plans[:1],

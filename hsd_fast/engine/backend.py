@@ -31,18 +31,20 @@ matter: a backend may reuse any work whose token prefix is unchanged, so callers
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Protocol
 
 import torch
 
 from ..quant import Int8Linear
+from .fused import FusedLayer, fusable
 
 __all__ = ["Backend", "CachedLM", "RecomputeLM", "supports_cached", "SUPPORTED_TYPES"]
 
 # decoder-only architectures whose modules follow the Llama layout (embed_tokens, layers, norm,
-# rotary_emb; layers called as layer(h, attention_mask, position_ids, past_key_values,
-# position_embeddings) and calling past_key_values.update(k, v, layer_idx))
+# rotary_emb; layers called as layer(h, attention_mask, position_ids, cache (or past_key_values),
+# position_embeddings) and calling cache.update(k, v, layer_idx))
 SUPPORTED_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
 
@@ -90,7 +92,7 @@ def supports_cached(model) -> str | None:
 
 
 class _SlotCache:
-    """The ``past_key_values`` object handed to HF decoder layers during one segment forward:
+    """The cache object handed to HF decoder layers during one segment forward:
     ``update`` writes the new keys/values at their positions and returns the first ``kv_len`` slots."""
 
     def __init__(self, kv: list, index: torch.Tensor, kv_len: int):
@@ -110,7 +112,9 @@ class _SlotCache:
 class CachedLM:
     """A Llama-style HF causal LM behind a position-indexed, segment-split KV cache (module doc)."""
 
-    def __init__(self, model, name: str | None = None):
+    def __init__(self, model, name: str | None = None, layers: str = "auto"):
+        if layers not in ("auto", "fused", "hf"):
+            raise ValueError(f"layers: expected 'auto', 'fused' or 'hf', got {layers!r}")
         reason = supports_cached(model)
         if reason is not None:
             raise ValueError(f"model: CachedLM cannot drive this model ({reason}); use RecomputeLM")
@@ -134,6 +138,14 @@ class CachedLM:
         self.hidden = int(model.config.hidden_size)
         self.exits: set[int] = {self.n_layers}
         self.forward_time = 0.0
+        # recent transformers name the layers' cache argument ``cache`` (``past_key_values`` is deprecated)
+        params = inspect.signature(self.layers[0].forward).parameters if self.layers else {}
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # the lean layer forward (hsd_fast.engine.fused) where every layer allows it, else HF's layers
+        why = next((r for r in map(fusable, self.layers) if r is not None), None)
+        if layers == "fused" and why is not None:
+            raise ValueError(f"layers: 'fused' needs Llama-style layers ({why})")
+        self._fused = [FusedLayer.of(layer) for layer in self.layers] if layers != "hf" and why is None else None
         self.reset()
 
     def add_exit(self, depth: int) -> None:
@@ -263,10 +275,15 @@ class CachedLM:
         cos_sin = self.rotary(x, pos)
         cache = _SlotCache(self.kv, pos, kv_len)
         lo = 0 if s == 0 else self.bounds[s - 1]
-        for layer in self.layers[lo : self.bounds[s]]:
-            x = layer(x, attention_mask=mask, position_ids=pos, past_key_values=cache, position_embeddings=cos_sin, use_cache=True)
-            if isinstance(x, tuple):
-                x = x[0]
+        if self._fused is not None:
+            for fl in self._fused[lo : self.bounds[s]]:
+                fl.check()
+                x = fl(x, mask, cos_sin, cache)
+        else:
+            for layer in self.layers[lo : self.bounds[s]]:
+                x = layer(x, attention_mask=mask, position_ids=pos, position_embeddings=cos_sin, use_cache=True, **{self._cache_kw: cache})
+                if isinstance(x, tuple):
+                    x = x[0]
         self.hid[s].scatter_(1, pos[..., None].expand(B, M, self.hidden), x)
 
 

@@ -158,17 +158,17 @@ class SpeculativeDecoder:
         schemes = [scheme] * n if isinstance(scheme, str) else list(scheme)
         if len(schemes) != n:
             raise ValueError(f"scheme: expected one name or {n} names (levels 1..{n}), got {len(schemes)}")
-        if n == 0 and isinstance(scheme, str) and scheme not in ENGINE_SCHEMES:
-            raise ValueError(f"scheme: unknown or unsupported scheme {scheme!r}; the engine runs {', '.join(ENGINE_SCHEMES)}")
-        greedy_levels = [s == "greedy" for s in schemes]
-        if temperature == 0 or (n and all(greedy_levels)) or (n == 0 and scheme == "greedy"):
+        # the names given: one per verifying level (the target alone has none, but a name is checked)
+        named = schemes if n else ([scheme] if isinstance(scheme, str) else [])
+        for i, s in enumerate(named):
+            if s not in ENGINE_SCHEMES:
+                raise ValueError(f"scheme: unknown or unsupported scheme {s!r} for level {i + 1}; the engine runs {', '.join(ENGINE_SCHEMES)}")
+        greedy_levels = [s == "greedy" for s in named]
+        if temperature == 0 or (named and all(greedy_levels)):
             schemes = ["greedy"] * n
             temperature = 0
         elif any(greedy_levels):
             raise ValueError("scheme: 'greedy' reproduces the argmax law; it cannot be mixed with sampling schemes (use temperature=0)")
-        for i, s in enumerate(schemes):
-            if s not in ENGINE_SCHEMES:
-                raise ValueError(f"scheme: unknown or unsupported scheme {s!r} for level {i + 1}; the engine runs {', '.join(ENGINE_SCHEMES)}")
         self.schemes = tuple(schemes)
         self.warp = Warp(temperature, top_k, top_p, allowed_ids=allowed_ids, logits_processor=logits_processor)
         self.warp.check_vocab(self.vocab_size)
@@ -310,7 +310,7 @@ class SpeculativeDecoder:
         if self.device.type == "cuda":  # _record synchronises next anyway; this puts the time here
             torch.cuda.synchronize(self.device)
         self.metrics.levels[level].verify_s += time.perf_counter() - t0
-        self._record(level, p, d_prob, nacc, active)
+        self._record(level, p, d_prob, d_tok, nacc, active)
         return out.to(torch.int64), nacc.to(torch.int64), p
 
     def _batch(self, level, seq, lens, active):
@@ -332,15 +332,15 @@ class SpeculativeDecoder:
             d_tok, d_prob = self._batch(level - 1, ctx, lens + filled, need)
             out, nacc, p = self._verify(level, ctx, lens + filled, d_tok, d_prob, need)
             count = torch.where(need, nacc + 1, torch.zeros_like(nacc))
-            keep = cols[None, :] < count[:, None]  # [B, T_low + 1]
+            # all T_low + 1 columns are written at filled..: those past filled + count are overwritten by
+            # the next call (or lie past T), so nothing needs masking (cap leaves room for them)
             dst = filled[:, None] + cols
-            buf.scatter_(1, dst, torch.where(keep, out, buf.gather(1, dst)))
-            idx = dst[..., None].expand(-1, -1, self.V)
-            buf_p.scatter_(1, idx, torch.where(keep[..., None], p, buf_p.gather(1, idx)))
+            buf.scatter_(1, dst, out)
+            buf_p.scatter_(1, dst[..., None].expand(-1, -1, self.V), p)
             filled = filled + count
         return buf[:, :T], buf_p[:, :T]
 
-    def _record(self, level, p, d_prob, nacc, active):
+    def _record(self, level, p, d_prob, d_tok, nacc, active):
         m = self.metrics.levels[level]
         T = d_prob.shape[1]
         a = active.to(torch.int64)
@@ -352,7 +352,10 @@ class SpeculativeDecoder:
         m.accepted += int((nacc * a).sum())
         m.rejections += int(((nacc < T).to(torch.int64) * a).sum())
         tested = (torch.arange(T, device=p.device)[None, :] <= nacc[:, None]) & active[:, None]  # [B, T]
-        overlap = torch.minimum(p[:, :T], d_prob).sum(-1)  # [B, T]
+        if isinstance(self.levels[level - 1], DrafterLevel):  # point masses: sum_v min(p, q) = p(proposal)
+            overlap = p[:, :T].gather(-1, d_tok.clamp(min=0)[..., None])[..., 0] * (d_tok >= 0)  # [B, T]
+        else:
+            overlap = torch.minimum(p[:, :T], d_prob).sum(-1)  # [B, T]
         m.minpq_sum += float((overlap * tested).sum())
         m.tested += int(tested.sum())
         hist = torch.bincount(nacc[active], minlength=T + 1).tolist()

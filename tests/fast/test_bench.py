@@ -16,8 +16,8 @@ import pytest
 from hsd_fast.bench import analysis
 from hsd_fast.bench.calibrate import Calibration, make_plan
 from hsd_fast.bench.report import ANALYSIS_BEGIN, ANALYSIS_END
-from hsd_fast.bench.runner import suite_prompts
-from hsd_fast.bench.suites import PlanSpec, Suite, tiny_suites
+from hsd_fast.bench.runner import for_temperature, suite_prompts
+from hsd_fast.bench.suites import PlanSpec, RunSpec, Suite, tiny_suites
 from hsd_fast.cli import main
 
 SUITE = "tiny-f64-humaneval"
@@ -35,7 +35,9 @@ def test_tiny_bench_writes_every_configuration(tiny_run):
     data = json.loads((tiny_run / "bench.json").read_text())
     suite = next(s for s in tiny_suites() if s.name == SUITE)
     names = {r["run"] for r in data["summary"] if r["suite"] == SUITE}
-    assert {r.name for r in suite.runs} <= names
+    assert {r.name for r in suite.runs} <= {r["run"] for r in data["summary"] if r["temperature"] == 1}
+    greedy = {r["run"] for r in data["summary"] if r["temperature"] == 0}
+    assert {"greedy K=2", "greedy K=4", "autoregressive"} <= greedy and not any("tokenwise" in n for n in greedy)
     assert any(n.startswith("hierarchy 3-level") for n in names)  # forced plans always run
     assert any(n.startswith("early-exit hierarchy") for n in names)
     md = (tiny_run / "benchmarks.md").read_text()
@@ -54,8 +56,8 @@ def test_tiny_bench_greedy_runs_reproduce_the_autoregressive_tokens(tiny_run):
     ar = {r["prompt_id"]: r["tokens"] for r in greedy if r["run"] == "autoregressive"}
     engine = [r for r in greedy if r["kind"] == "engine"]
     assert engine and all(r["tokens"] == ar[r["prompt_id"]] for r in engine)
-    hf = [r for r in greedy if r["kind"] == "hf"]
-    assert hf and all(r["tokens"] == ar[r["prompt_id"]] for r in hf)
+    hf = [r for r in greedy if r["kind"] in ("hf", "hf_lookup")]
+    assert len({r["kind"] for r in hf}) == 2 and all(r["tokens"] == ar[r["prompt_id"]] for r in hf)
 
 
 def test_report_only_keeps_the_written_analysis(tiny_run):
@@ -95,6 +97,17 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["bench", "--tiny", "--max-new-tokens", "0", "--out", str(tmp_path)]) == 2
     assert main(["bench", "--tiny", "--report-only", "--out", str(tmp_path), "--work", str(tmp_path / "empty")]) == 2
     assert "no results" in capsys.readouterr().err
+
+
+def test_greedy_configurations_are_run_once():
+    runs = [RunSpec("autoregressive", "engine", group="baseline"), RunSpec("hf generate", "hf", group="baseline"),
+            RunSpec("tokenwise K=4", "engine", ("draft", "target"), "tokenwise", (4,)),
+            RunSpec("block K=4", "engine", ("draft", "target"), "block", (4,)),
+            RunSpec("block K=6", "engine", ("draft", "target"), "block", (6,))]
+    assert for_temperature(runs, 1.0) == runs
+    greedy = for_temperature(runs, 0.0)
+    assert [r.name for r in greedy] == ["autoregressive", "hf generate", "greedy K=4", "greedy K=6"]
+    assert {r.scheme for r in greedy[2:]} == {"greedy"}
 
 
 def test_suite_prompts_are_disjoint_and_cover_spec_bench():

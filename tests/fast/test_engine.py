@@ -532,6 +532,13 @@ def test_cli_generate_on_a_local_model(models, tmp_path, capsys):
     assert rc == 0
     assert out.startswith(PROMPTS[0])
     assert "tokens/target call" in out and "L2 target" in out
+    common = ["--target", str(folder), "--temperature", "0", "--max-new-tokens", "5", "--dtype", "float64", "--device", "cpu",
+              "--no-eos", "--prompt", PROMPTS[0]]
+    assert main(["generate", "--draft", "none", *common]) == 0  # the target alone
+    alone = capsys.readouterr().out
+    assert alone.splitlines()[0] == out.splitlines()[0] and "L0 target" in alone  # greedy: the same text
+    assert main(["generate", "--draft", "none", "--draft", "ngram", *common]) == 2
+    assert "none" in capsys.readouterr().err
 
 
 # ############################################################ restricted vocabulary, shared prompts, streaming

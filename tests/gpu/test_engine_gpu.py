@@ -78,3 +78,23 @@ def test_gpu_smollm2_bf16_smoke():
     assert all(1 <= len(t) <= 32 for t in res.tokens)
     assert res.metrics.tokens_per_target_call >= 1.0
     print(res.metrics.format())
+
+
+def test_gpu_int8_draft_keeps_the_targets_greedy_output(models):
+    """A weight-only int8 draft on CUDA (the dequantising path of hsd_fast.quant) and the target alone."""
+    from hsd_fast.quant import quantize_int8
+
+    draft, target, tok = models
+    d, t = quantize_int8(copy.deepcopy(draft).cuda()), copy.deepcopy(target).cuda()
+    for levels in ([d, t], [t]):
+        res = SpeculativeDecoder(levels, temperature=0, tokenizer=tok, eos_token_id=None).generate(PROMPTS, max_new_tokens=12)
+        for b, p in enumerate(PROMPTS):
+            assert res.tokens[b] == plain_greedy(t, _ids(tok, p), 12)
+
+
+def test_gpu_bench_tiny_smoke(tmp_path):
+    """``hsd-fast bench --tiny --device cuda``: every code path of the benchmark on the GPU."""
+    from hsd_fast.cli import main
+
+    assert main(["bench", "--tiny", "--device", "cuda", "--suites", "tiny-f64-humaneval", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (tmp_path / "benchmarks.md").read_text().count("| autoregressive |") >= 2
