@@ -226,7 +226,7 @@ def make_plan(spec: PlanSpec, calib: Calibration, max_threshold: int) -> tuple[l
     if plan is not None and plan.best_single is not None:
         info["best_single"] = {"draft": plan.best_single.draft, "k": plan.best_single.k,
                                "predicted_speedup": float(plan.best_single.speedup)}
-    runs = [RunSpec(f"{spec.name} ({s})", "engine", tuple(chain[:-1]), s, tuple(thresholds), spec.group, plan=spec.name)
+    runs = [RunSpec(f"{spec.name} ({s})", "engine", tuple(chain), s, tuple(thresholds), spec.group, plan=spec.name)
             for s in spec.schemes]
     return runs, info
 

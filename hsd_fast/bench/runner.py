@@ -108,7 +108,7 @@ class _Executor:
         if key not in self._decoders:
             m = self.models
             self._decoders[key] = SpeculativeDecoder(
-                [m.level(k) for k in run.levels] + ([] if run.levels[-1:] == ("target",) else [m.level("target")]),
+                [m.level(k) for k in _engine_levels(run.levels)],
                 scheme=run.scheme,
                 thresholds=run.thresholds or None,
                 temperature=temperature,
@@ -155,17 +155,20 @@ def _calibration_keys(suite: Suite) -> list[str]:
     return keys + ["target"]
 
 
-def _plan_runs(suite: Suite, models: Models, calib: Calibration) -> list[RunSpec]:
-    runs, seen = [], {}
+def _suite_runs(suite: Suite, models: Models, calib: Calibration, temperature: float) -> list[RunSpec]:
+    """The suite's fixed runs and its plans' runs at one temperature; a plan that lands on a
+    configuration already in the list is run (and reported) once, and its plan says so."""
+    runs = for_temperature(list(suite.runs), temperature)
+    seen = {(r.levels, r.scheme, r.thresholds): r.name for r in runs if r.kind == "engine"}
     for spec in suite.plans:
         if any(_missing(models, k) for k in spec.candidates):
             calib.plans[spec.name] = {"candidates": list(spec.candidates), "chain": None, "reason": "model not in this family"}
             continue
         planned, info = make_plan(spec, calib, suite.max_threshold)
         calib.plans[spec.name] = info
-        for r in planned:
+        for r in for_temperature(planned, temperature):
             sig = (r.levels, r.scheme, r.thresholds)
-            if sig in seen:  # the same configuration as an earlier plan: run (and report) it once
+            if sig in seen:
                 info.setdefault("same_as", []).append(seen[sig])
                 continue
             seen[sig] = r.name
@@ -180,7 +183,7 @@ def for_temperature(runs: list[RunSpec], temperature: float) -> list[RunSpec]:
         return list(runs)
     out, seen = [], set()
     for r in runs:
-        if r.kind != "engine" or r.levels == ("target",):
+        if r.kind != "engine" or r.levels == ("target",) or r.scheme == "greedy":
             out.append(r)
             continue
         sig = (r.levels, r.thresholds)
@@ -188,6 +191,11 @@ def for_temperature(runs: list[RunSpec], temperature: float) -> list[RunSpec]:
             seen.add(sig)
             out.append(replace(r, name=r.name.replace(r.scheme, "greedy"), scheme="greedy"))
     return out
+
+
+def _engine_levels(levels: tuple[str, ...]) -> tuple[str, ...]:
+    """Level keys with the target last (records of earlier versions left it implicit)."""
+    return levels if levels[-1:] == ("target",) else (*levels, "target")
 
 
 def _missing(models: Models, key: str) -> bool:
@@ -235,7 +243,7 @@ def run_suites(suites: list[Suite], settings: Settings) -> list[dict]:
                 settings.log(f"[bench] {suite.name} T={temp}: calibrating costs and acceptance on {len(calib_ids)} prompt(s)")
                 calib = calibrate(models, _calibration_keys(suite) if suite.plans else ["target"], calib_ids, temp,
                                   new_tokens=suite.calibration_tokens, seed=settings.seed)
-            plan_runs[temp] = for_temperature(list(suite.runs) + _plan_runs(suite, models, calib), temp)
+            plan_runs[temp] = _suite_runs(suite, models, calib, temp)
             calibs[ck] = calib.as_dict()
             calib_path.write_text(json.dumps(calibs, indent=1))
         todo = [(i, p, t, r) for i, p in enumerate(measured) for t in suite.temperatures for r in _rotate(plan_runs[t], i)

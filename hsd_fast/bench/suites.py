@@ -24,7 +24,7 @@ class RunSpec:
     name: str  # unique within a suite
     kind: str  # "engine", "hf" (transformers generate), "hf_assisted" (generate(assistant_model=draft)) or
     # "hf_lookup" (generate(prompt_lookup_num_tokens=K): transformers' n-gram drafter)
-    levels: tuple[str, ...] = ("target",)  # engine level keys, bottom-up (hsd_fast.bench.families)
+    levels: tuple[str, ...] = ("target",)  # engine level keys, bottom-up, "target" last (hsd_fast.bench.families)
     scheme: str = "tokenwise"
     thresholds: tuple[int, ...] = ()
     group: str = "single"  # "baseline", "single", "hierarchy", "int8"
@@ -41,7 +41,7 @@ class RunSpec:
                     "hf_lookup": f"transformers generate(prompt_lookup_num_tokens={self.thresholds[0]})"}[self.kind]
         if self.levels == ("target",):
             return "engine, target alone (autoregressive)"
-        chain = " -> ".join(f"{lv} [T={t}]" for lv, t in zip(self.levels, self.thresholds)) + " -> target"
+        chain = " -> ".join(f"{lv} [T={t}]" for lv, t in zip(self.levels, self.thresholds)) + " -> target"  # zip stops before the target
         return f"{chain}, {self.scheme}"
 
 

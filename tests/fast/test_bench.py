@@ -196,7 +196,7 @@ def test_free_plan_is_the_optimisers_choice():
     plan = optimal_hierarchy(names, [cal.costs[n] for n in names], cal.acceptance, max_threshold=8, exact=False)
     assert info["chain"] == list(plan.chain) and info["thresholds"] == list(plan.thresholds)
     assert info["predicted_speedup"] == pytest.approx(float(plan.speedup))
-    assert [r.scheme for r in runs] == ["tokenwise", "block"] and runs[0].levels == tuple(plan.chain[:-1])
+    assert [r.scheme for r in runs] == ["tokenwise", "block"] and runs[0].levels == tuple(plan.chain)
 
 
 def test_forced_plan_is_the_best_chain_through_every_level():
@@ -213,3 +213,19 @@ def test_forced_plan_is_the_best_chain_through_every_level():
     assert info["predicted_speedup"] == pytest.approx(1.0 / min(lat.values()))
     none, why = make_plan(PlanSpec("x", ("ngram",)), Calibration(1.0, {"ngram": {1: 1.0}, "target": {1: 1.0}}, {("ngram", "target"): 0.01}, 28), 4)
     assert none == [] and "no speed-up" in why["reason"]
+
+
+def test_a_plan_equal_to_a_fixed_run_is_run_once():
+    from types import SimpleNamespace
+
+    from hsd_fast.bench.runner import _suite_runs
+
+    cal = Calibration(1.0, {"draft": {1: 0.3, 5: 0.3}, "target": {1: 1.0, 5: 1.0}}, {("draft", "target"): 0.8}, 28)
+    plan = PlanSpec("p", ("draft",))
+    k = make_plan(plan, cal, 4)[1]["thresholds"][0]
+    fixed = RunSpec(f"tokenwise K={k}", "engine", ("draft", "target"), "tokenwise", (k,))
+    suite = Suite("s", "tiny", "float64", "humaneval", 1, runs=(fixed,), plans=(plan,), max_threshold=4)
+    runs = _suite_runs(suite, SimpleNamespace(level=lambda key: key), cal, 1.0)
+    assert runs == [fixed] and cal.plans["p"]["same_as"] == [fixed.name]
+    greedy = _suite_runs(suite, SimpleNamespace(level=lambda key: key), cal, 0.0)
+    assert [r.name for r in greedy] == [f"greedy K={k}"] and cal.plans["p"]["same_as"] == [f"greedy K={k}"]
