@@ -123,8 +123,15 @@ def run(args) -> int:
     calibs = {k: v for k, v in calibs.items() if k.split("@")[0] in names}
     rows = summarize(records)
     command = "hsd-fast bench" + "".join(f" {a}" for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "hsd-fast bench"
-    md = write_report(out, rows=rows, records=records, calibs=calibs, suites=suites,
-                      machine=machine_info(args.threads, args.device),
+    run_path = work / "run.json"  # the measuring run's machine and command: --report-only keeps them
+    if args.report_only and run_path.exists():
+        run_info = json.loads(run_path.read_text())
+        machine, command = run_info["machine"], run_info["command"]
+    else:
+        machine = machine_info(args.threads, args.device)
+        if not args.report_only:
+            run_path.write_text(json.dumps({"machine": machine, "command": command}, indent=1))
+    md = write_report(out, rows=rows, records=records, calibs=calibs, suites=suites, machine=machine,
                       settings={"max_new_tokens": tokens, "threads": args.threads, "seed": args.seed, "device": args.device},
                       command=command, main_suite=MAIN_SUITE)
     print(f"hsd-fast bench: {len(records)} runs; wrote {md}, {out / 'bench.json'} and {out / 'bench'}/*.png")

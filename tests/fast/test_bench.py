@@ -65,8 +65,15 @@ def test_report_only_keeps_the_written_analysis(tiny_run):
     text = md.read_text()
     head, rest = text.split(ANALYSIS_BEGIN, 1)
     md.write_text(head + ANALYSIS_BEGIN + "\nprofiled: the time is in the linear layers\n" + ANALYSIS_END + rest.split(ANALYSIS_END, 1)[1])
+    run_json = tiny_run / "work" / "run.json"  # the measuring run's machine and command, kept by --report-only
+    info = json.loads(run_json.read_text())
+    assert info["machine"]["threads"] == 1
+    info["machine"]["cpu"] = "the CPU that measured"
+    run_json.write_text(json.dumps(info))
     assert main(["bench", "--tiny", "--suites", SUITE, "--out", str(tiny_run), "--report-only"]) == 0
-    assert "profiled: the time is in the linear layers" in md.read_text()
+    text = md.read_text()
+    assert "profiled: the time is in the linear layers" in text
+    assert "| CPU | the CPU that measured (" in text and "--report-only" not in text.split("\n", 3)[2]
 
 
 def test_resume_runs_only_what_is_missing(tiny_run, tmp_path):
