@@ -34,7 +34,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--suites", default=None, help="comma-separated suite names to run (default: all of the mode)")
     p.add_argument("--out", default=None, help="where bench.json, bench/*.png and benchmarks.md go (default: docs, "
                                                 "or out/bench-quick / out/bench-tiny)")
-    p.add_argument("--work", default=None, help="raw results (runs.jsonl, calibration.json; default: OUT/../out/bench or OUT/work)")
+    p.add_argument("--work", default=None, help="raw results (runs.jsonl, calibration.json, run.json; default: OUT/../out/bench or OUT/work)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 128 (quick 32, tiny 12)")
@@ -43,7 +43,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--temperatures", default=None, help="comma-separated, e.g. 0,1 (default: each suite's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="keep the results in WORK and run only what is missing")
-    p.add_argument("--report-only", action="store_true", help="rebuild the report from WORK without running anything")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from WORK without running anything (the machine table and command stay the measuring run's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
