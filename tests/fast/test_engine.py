@@ -33,17 +33,13 @@ from hsd_fast.warp import Warp, sample_inverse_cdf
 from hsd_ref import TableLM
 from hsd_ref.registry import get_scheme
 from hsd_ref.schemes.hierarchy import Hierarchy
+from tests.helpers import plain_greedy
 
 F64 = torch.float64
 PROMPTS = ["hello world, hello wor", "abc", "the quick brown fox jumps over the lazy dog; the quick"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +63,6 @@ def truncated(model, depth):
     missing, _ = small.load_state_dict(model.state_dict(), strict=False)
     assert not missing
     return small
-
-
-@torch.no_grad()
-def plain_greedy(model, ids, n):
-    ids = list(ids)
-    out = []
-    for _ in range(n):
-        x = int(model(torch.tensor([ids])).logits[0, -1].argmax())
-        out.append(x)
-        ids.append(x)
-    return out
 
 
 def table_lm(model, prompt_ids, warp, vocab):

@@ -20,12 +20,7 @@ from hsd_fast.tiny import tiny_llama
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_model(kind: str):

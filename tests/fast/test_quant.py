@@ -14,16 +14,12 @@ from hsd_fast.engine import SpeculativeDecoder
 from hsd_fast.engine.levels import resolve_levels
 from hsd_fast.quant import Int8Linear, is_quantized, quantize_int8
 from hsd_fast.tiny import tiny_pair
+from tests.helpers import plain_greedy
 
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_weight(w: torch.Tensor) -> torch.Tensor:
@@ -91,17 +87,6 @@ def test_bad_input():
 
     with pytest.raises(ValueError, match="quantize"):
         models.load("smollm2-135m", quantize="int4")
-
-
-@torch.no_grad()
-def plain_greedy(model, ids, n):
-    ids = list(ids)
-    out = []
-    for _ in range(n):
-        x = int(model(torch.tensor([ids])).logits[0, -1].argmax())
-        out.append(x)
-        ids.append(x)
-    return out
 
 
 def test_quantized_draft_keeps_the_targets_greedy_output():

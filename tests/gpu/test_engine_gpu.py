@@ -16,6 +16,7 @@ import torch
 
 from hsd_fast.engine import EarlyExit, SpeculativeDecoder
 from hsd_fast.tiny import tiny_pair
+from tests.helpers import plain_greedy
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -27,18 +28,6 @@ PROMPTS = ["hello world, hello wor", "abc", "the quick brown fox jumps over the 
 def models():
     draft, target, tok = tiny_pair(0, target_layers=4, draft_layers=4, noise=0.05, tokenizer="chars", dtype=F64)
     return draft, target, tok
-
-
-@torch.no_grad()
-def plain_greedy(model, ids, n):
-    ids = list(ids)
-    out = []
-    dev = next(model.parameters()).device
-    for _ in range(n):
-        x = int(model(torch.tensor([ids], device=dev)).logits[0, -1].argmax())
-        out.append(x)
-        ids.append(x)
-    return out
 
 
 def _ids(tok, text):
