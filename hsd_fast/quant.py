@@ -57,15 +57,20 @@ class Int8Linear(torch.nn.Module):
         dtype = dtype or self.scale.dtype
         return self.qweight.to(dtype) * self.scale.to(dtype)[:, None]
 
+    @classmethod
+    def from_parts(cls, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> "Int8Linear":
+        """An Int8Linear over given int8 weights [N, K], per-row scales [N] and bias [N] (or ``None``)."""
+        out = cls.__new__(cls)
+        torch.nn.Module.__init__(out)
+        out.register_buffer("qweight", qweight.contiguous())
+        out.register_buffer("scale", scale)
+        out.register_buffer("bias", bias)
+        out.out_features, out.in_features = qweight.shape
+        return out
+
     def rows(self, ids: torch.Tensor) -> "Int8Linear":
         """A copy computing only the output channels ``ids`` (in that order): a restricted LM head."""
-        out = Int8Linear.__new__(Int8Linear)
-        torch.nn.Module.__init__(out)
-        out.register_buffer("qweight", self.qweight[ids].contiguous())
-        out.register_buffer("scale", self.scale[ids])
-        out.register_buffer("bias", None if self.bias is None else self.bias[ids])
-        out.in_features, out.out_features = self.in_features, int(ids.numel())
-        return out
+        return Int8Linear.from_parts(self.qweight[ids], self.scale[ids], None if self.bias is None else self.bias[ids])
 
     def _dense(self, dtype: torch.dtype) -> torch.Tensor:
         w = self.__dict__.get("_dense_weight")

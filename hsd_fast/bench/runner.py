@@ -220,18 +220,16 @@ def run_suites(suites: list[Suite], settings: Settings) -> list[dict]:
     done = {record_key(r) for r in records}
     calibs = json.loads(calib_path.read_text()) if settings.resume and calib_path.exists() else {}
     device = torch.device(settings.device)
-    loaded: tuple | None = None
-    models = execute = None
+    loaded = models = execute = None  # loaded: the (family, dtype) of models
     for suite in suites:
         family = get_family(suite.family)
-        dtype = getattr(torch, suite.dtype)
-        if loaded is None or loaded[0] != (suite.family, suite.dtype):
-            loaded = models = execute = None  # free the previous models (and their decoders) first
+        if loaded != (suite.family, suite.dtype):
+            models = execute = None  # free the previous models (and their decoders) first
             gc.collect()
             settings.log(f"[bench] loading {family.description} in {suite.dtype}")
-            loaded = ((suite.family, suite.dtype), family.load(dtype, device))
-            models = loaded[1]
+            models = family.load(getattr(torch, suite.dtype), device)
             execute = _Executor(models, settings)
+            loaded = (suite.family, suite.dtype)
         measured, calib_prompts = suite_prompts(suite)
         calib_ids = [models.encode(p) for p in calib_prompts] or [models.encode(measured[0])]
         plan_runs = {}

@@ -54,13 +54,8 @@ class _Products:
         self.ptrs = None
         if isinstance(mods[0], Int8Linear) and len({m.bias is None for m in mods}) == 1:
             with torch.no_grad():
-                fused = Int8Linear.__new__(Int8Linear)
-                torch.nn.Module.__init__(fused)
-                fused.register_buffer("qweight", torch.cat([m.qweight for m in mods]))
-                fused.register_buffer("scale", torch.cat([m.scale for m in mods]))
-                fused.register_buffer("bias", None if mods[0].bias is None else torch.cat([m.bias for m in mods]))
-                fused.in_features, fused.out_features = mods[0].in_features, sum(self.sizes)
-            self.fused = fused
+                self.fused = Int8Linear.from_parts(torch.cat([m.qweight for m in mods]), torch.cat([m.scale for m in mods]),
+                                                   None if mods[0].bias is None else torch.cat([m.bias for m in mods]))
             self.ptrs = [m.qweight.data_ptr() for m in mods]
 
     def intact(self, mods) -> bool:
