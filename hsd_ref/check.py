@@ -116,6 +116,10 @@ class LosslessReport:
     counterexample: Counterexample | None = None
     per_instance: list[tuple[str, Fraction]] = field(default_factory=list)  # (label, TV) of each check
 
+    def __post_init__(self) -> None:
+        if self.lossless and self.instances_checked < 1:
+            raise HSDInputError("instances_checked: a report over 0 instances cannot say lossless (nothing was checked)")
+
     @property
     def verdict(self) -> str:
         if self.claimed == self.lossless:
@@ -130,10 +134,29 @@ class LosslessReport:
         return head + ("\n" + str(self.counterexample) if self.counterexample else "")
 
 
+def _int_entries(values: object, name: str) -> tuple:
+    if isinstance(values, (str, bytes)):
+        raise HSDInputError(f"{name}: expected a sequence of ints, got {type(values).__name__}")
+    try:
+        return tuple(values)  # type: ignore[arg-type]
+    except TypeError:
+        raise HSDInputError(f"{name}: expected a sequence of ints, got {values!r}") from None
+
+
 def instance_family(vocab_sizes: Sequence[int] = (2, 3), ks: Sequence[int] = (1, 2, 3), instances: int = 3, seed: int = 0) -> list[Instance]:
     """The seeded family of instances, smallest first: for each ``(V, k)`` the context-free toy pair
     (V = 2), draft == target, a point-mass draft against a target with zeros, then ``instances``
-    random context-dependent pairs."""
+    random context-dependent pairs.  Empty ``vocab_sizes`` or ``ks`` give the empty family."""
+    vocab_sizes, ks = _int_entries(vocab_sizes, "vocab_sizes"), _int_entries(ks, "ks")
+    for V in vocab_sizes:
+        if isinstance(V, bool) or not isinstance(V, int) or V < 1:
+            raise HSDInputError(f"vocab_sizes: every entry must be an int >= 1, got {V!r}")
+    for k in ks:
+        check_k(k)
+    if isinstance(instances, bool) or not isinstance(instances, int) or instances < 0:
+        raise HSDInputError(f"instances: expected a count >= 0, got {instances!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise HSDInputError(f"seed: expected an int, got {seed!r}")
     out = []
     for V, k in itertools.product(sorted(vocab_sizes), sorted(ks)):
         if V == 2:
@@ -180,7 +203,8 @@ def check_lossless(
 
     Returns a :class:`LosslessReport` whose ``lossless`` is True iff every law matched exactly;
     ``max_error`` is the largest absolute probability difference and ``tv`` the largest total
-    variation seen; ``counterexample`` is the first failure in smallest-first order.
+    variation seen; ``counterexample`` is the first failure in smallest-first order.  An empty family
+    (empty ``vocab_sizes`` or ``ks``, or no ``instances``) checks nothing and raises ``ValueError``.
     """
     for attr in ("name", "lossless", "outcome_law"):
         if not hasattr(scheme, attr):
@@ -190,17 +214,23 @@ def check_lossless(
     if isinstance(instances, int) and not isinstance(instances, bool):
         if instances < 0:
             raise HSDInputError(f"instances: expected a count >= 0 or an iterable of Instance, got {instances}")
-        for V in vocab_sizes:
-            if isinstance(V, bool) or not isinstance(V, int) or V < 1:
-                raise HSDInputError(f"vocab_sizes: every entry must be an int >= 1, got {V!r}")
-        for k in ks:
-            check_k(k)
+        vocab_sizes, ks = _int_entries(vocab_sizes, "vocab_sizes"), _int_entries(ks, "ks")
+        for name, values in (("vocab_sizes", vocab_sizes), ("ks", ks)):
+            if not values:
+                raise HSDInputError(f"{name}: empty, so the family has no instances and nothing would be checked")
         family = instance_family(vocab_sizes, ks, instances, seed)
     else:
-        family = list(instances)
+        if isinstance(instances, (str, bytes, Instance)):
+            raise HSDInputError(f"instances: expected a count >= 0 or an iterable of Instance, got {type(instances).__name__}")
+        try:
+            family = list(instances)
+        except TypeError:
+            raise HSDInputError(f"instances: expected a count >= 0 or an iterable of Instance, got {instances!r}") from None
         for i, inst in enumerate(family):
             if not isinstance(inst, Instance):
                 raise HSDInputError(f"instances[{i}]: expected hsd_ref.Instance, got {type(inst).__name__}")
+    if not family:
+        raise HSDInputError("instances: no instances to check, so nothing would be verified (an empty family is never lossless)")
     max_err, max_tv, cex = F(0), F(0), None
     per_instance = []
     for inst in family:

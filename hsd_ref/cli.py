@@ -3,18 +3,23 @@
 ``hsd-ref audit`` is the main job: every registered scheme, its losslessness claim against exact
 verification over a fixed seeded family, the largest TV error, E[accepted] on the toy example and the
 coupling-bound check.  ``--markdown`` writes the table used in ``docs/audit.md``.
+
+Every error (a bad option, an unwritable output file) is one line ``hsd-ref <command>: error: ...`` on
+stderr and exit status 2, never a traceback; output paths are checked before any work is done.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 
 from .check import check_lossless
+from .exact import HSDInputError
 from .models import TableLM
 from .registry import SCHEMES
 from .stats import coupling_bound_applies, coupling_check, expected_accepted
@@ -108,12 +113,30 @@ def format_table(rows: list[dict], markdown: bool) -> str:
     return "\n".join([fmt(head[:-1]), fmt(["-" * w for w in widths])] + [fmt(row[:-1]) for row in body])
 
 
+def check_writable(path: str, option: str) -> None:
+    """Refuse, before any work is done, an output file that cannot be written; ``option`` (the flag)
+    starts the message."""
+    if not path:
+        raise HSDInputError(f"{option}: empty path")
+    if os.path.isdir(path):
+        raise HSDInputError(f"{option}: cannot write {path!r}: it is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise HSDInputError(f"{option}: cannot write {path!r}: the directory {parent!r} does not exist")
+    if not os.access(path if os.path.exists(path) else parent, os.W_OK):
+        raise HSDInputError(f"{option}: cannot write {path!r}: permission denied")
+
+
 def run_audit(args: argparse.Namespace) -> int:
+    """The ``audit`` subcommand; a bad option raises ``HSDInputError`` naming it, before the audit runs."""
+    if args.jobs < 1:
+        raise HSDInputError(f"--jobs: must be >= 1, got {args.jobs}")
     names = args.schemes or list(SCHEMES)
     for n in names:
         if n not in SCHEMES:
-            print(f"hsd-ref audit: --schemes: unknown scheme {n!r}; known: {', '.join(SCHEMES)}", file=sys.stderr)
-            return 2
+            raise HSDInputError(f"--schemes: unknown scheme {n!r}; known: {', '.join(SCHEMES)}")
+    if args.output is not None:
+        check_writable(args.output, "--output")
     start = time.perf_counter()
     if args.jobs > 1 and len(names) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -150,9 +173,12 @@ def run_audit(args: argparse.Namespace) -> int:
         for r in rows:
             if r["counterexample"] and args.verbose:
                 text += "\n" + r["counterexample"] + "\n"
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text)
+    if args.output is not None:
+        try:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise HSDInputError(f"--output: cannot write {args.output!r}: {exc.strerror or exc}") from None
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         print(text)
@@ -161,8 +187,20 @@ def run_audit(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+class UsageError(Exception):
+    """A command-line usage error, already formatted as ``<prog>: error: <message>``."""
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors are one line (raised as :class:`UsageError`, not printed with
+    the usage text and ``sys.exit``); the subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsd-ref", description="hsd exact reference: audits and latency planning")
+    parser = Parser(prog="hsd-ref", description="hsd exact reference: audits and latency planning")
     sub = parser.add_subparsers(dest="command", required=True)
     audit = sub.add_parser("audit", help="verify every registered scheme's losslessness claim exactly")
     audit.add_argument("--markdown", action="store_true", help="print the markdown report used in docs/audit.md")
@@ -184,11 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "jobs", 1) < 1:
-        print("hsd-ref: --jobs must be >= 1", file=sys.stderr)
-        return 2
-    return int(args.func(args) or 0)
+    """Run ``hsd-ref``; an expected error (a usage error, ``ValueError``, ``OSError``) prints one line
+    ``hsd-ref <command>: error: ...`` on stderr and returns 2."""
+    prog = "hsd-ref"
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+        prog = f"hsd-ref {args.command}"
+        if extra:
+            raise UsageError(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)")
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        print(f"{prog}: error: " + " ".join(str(exc).splitlines()), file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ def _outcome(scheme: Scheme, target: TableLM, draft: TableLM, prefix: tuple[int,
 
 def extend_law(law: Mapping[tuple[int, ...], Fraction], model: TableLM, prefix: tuple[int, ...], length: int) -> Law:
     """Extend (or truncate) every sequence of ``law`` to ``length`` tokens with ``model``."""
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise HSDInputError(f"length: expected an int >= 0, got {length!r}")
+    prefix = check_context(prefix, model.vocab_size)
     out: Law = {}
     for seq, mass in law.items():
         if len(seq) >= length:
@@ -49,7 +52,10 @@ def extend_law(law: Mapping[tuple[int, ...], Fraction], model: TableLM, prefix: 
 
 
 def iteration_law(scheme: Scheme, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> Law:
-    """The law of one iteration's output, extended to ``k + 1`` tokens with the reference model."""
+    """The law of one iteration's output, extended to ``k + 1`` tokens with the reference model.
+
+    Every enumerator is iterative, so any ``k`` works (no recursion limit); the cost grows with the
+    number of positive-probability drafts and outputs, up to ``V ** (k + 1)``."""
     vocab = check_pair(target, draft)
     prefix = check_context(prefix, vocab)
     k = check_k(k)

@@ -136,14 +136,19 @@ def positive_part(a: Sequence[Fraction], b: Sequence[Fraction], scale: Fraction 
 def sample_index(dist: Sequence[Fraction], u: Fraction) -> int:
     """Inverse-CDF draw: the smallest ``v`` with ``u < dist[0] + ... + dist[v]``.
 
-    ``u`` must lie in [0, 1).  Tokens of probability 0 are never returned.
+    ``u`` must be an exact Fraction or int in [0, 1) (floats are refused, as everywhere in
+    ``hsd_ref``; :func:`hsd_ref.scheme.check_draws` converts float draws explicitly).  Tokens of
+    probability 0 are never returned.
     """
+    u = as_fraction(u, "u")
+    if not 0 <= u < 1:
+        raise HSDInputError(f"u: the draw {u} is outside [0, 1)")
     acc = Fraction(0)
     for v, x in enumerate(dist):
         acc += x
         if u < acc:
             return v
-    raise HSDInputError(f"draw u={u} is outside [0, total mass {acc})")
+    raise HSDInputError(f"dist: total mass {acc} <= u = {u}, so no token can be drawn (the entries must sum to 1)")
 
 
 def argmax(dist: Sequence[Fraction]) -> int:
@@ -156,6 +161,9 @@ def argmax(dist: Sequence[Fraction]) -> int:
 
 
 def one_hot(index: int, vocab_size: int) -> Dist:
+    """The point mass on ``index``, an int in ``range(vocab_size)``."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < vocab_size:
+        raise HSDInputError(f"index: expected an int token id in [0, {vocab_size}), got {index!r}")
     return tuple(Fraction(1) if v == index else Fraction(0) for v in range(vocab_size))
 
 

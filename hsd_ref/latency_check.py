@@ -21,7 +21,7 @@ from typing import Sequence
 
 from .exact import HSDInputError
 from .latency import fhierarchy_latency, simulate_hierarchy
-from .models import TableLM
+from .models import TableLM, check_context
 
 __all__ = ["TableLMProcess", "ModelError", "model_error", "mix_model"]
 
@@ -29,6 +29,8 @@ __all__ = ["TableLMProcess", "ModelError", "model_error", "mix_model"]
 def mix_model(target: TableLM, draft: TableLM, depth: int, weight: Fraction = Fraction(1, 2)) -> TableLM:
     """``weight * target + (1 - weight) * draft`` tabulated on contexts of length ``<= depth`` (enough
     when both models depend on the last ``depth`` tokens only, as :func:`hsd_ref.strategies.toy_pair`'s do)."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise HSDInputError(f"depth: expected an int >= 0, got {depth!r}")
     V = target.vocab_size
     table, level = {}, [()]
     for d in range(depth + 1):
@@ -65,8 +67,10 @@ class TableLMProcess:
         for i, m in enumerate(models):
             if not isinstance(m, TableLM) or m.vocab_size != V:
                 raise HSDInputError(f"models[{i}]: expected a TableLM with vocab_size {V}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise HSDInputError(f"window: expected an int >= 1 (tokens of context the models depend on), got {window!r}")
         self.models = list(models)
-        self.prefix = tuple(prefix)
+        self.prefix = check_context(prefix, V)
         self.window = window
         self._rows: dict = {}
         self.tested = [0] * (len(models) - 1)

@@ -21,6 +21,8 @@ from .exact import Dist, HSDInputError, argmax, as_dist, one_hot
 
 __all__ = ["TableLM", "check_context", "check_pair"]
 
+_PLAIN_INT = frozenset({int})
+
 
 def check_context(context: object, vocab_size: int, name: str = "prefix") -> tuple[int, ...]:
     """Validate a context: a tuple of ints in ``range(vocab_size)``."""
@@ -57,14 +59,18 @@ class TableLM:
         return f"TableLM(vocab_size={self.vocab_size}, {self.description})"
 
     def probs(self, context: tuple[int, ...] = ()) -> Dist:
-        """The exact next-token distribution after ``context``."""
-        try:
+        """The exact next-token distribution after ``context`` (int ids in ``range(vocab_size)``)."""
+        # fast path for a tuple of plain ints only: True, Fraction(1) or 1.0 hash and compare equal to
+        # the cached id 1, and must be refused by check_context rather than hit the cache
+        if type(context) is tuple and _PLAIN_INT.issuperset(map(type, context)):
             hit = self._cache.get(context)
-        except TypeError:  # unhashable (a list): validated below
-            hit = None
-        if hit is not None:
-            return hit
-        ctx = check_context(context, self.vocab_size, "context")
+            if hit is not None:
+                return hit
+        return self._row(check_context(context, self.vocab_size, "context"))
+
+    def _row(self, ctx: tuple[int, ...]) -> Dist:
+        """``probs`` of an already validated context (the loops below extend validated contexts by
+        ids from ``range(vocab_size)``, so they skip the per-call check)."""
         hit = self._cache.get(ctx)
         if hit is not None:
             return hit
@@ -73,11 +79,12 @@ class TableLM:
         return dist
 
     def sequence_prob(self, tokens: Sequence[int], context: tuple[int, ...] = ()) -> Fraction:
-        """P(tokens | context) as a product of conditionals."""
-        ctx = tuple(context)
+        """P(tokens | context) as a product of conditionals; every id must lie in ``range(vocab_size)``."""
+        tokens = check_context(tokens, self.vocab_size, "tokens")
+        ctx = check_context(context, self.vocab_size, "context")
         prob = Fraction(1)
         for t in tokens:
-            prob *= self.probs(ctx)[t]
+            prob *= self._row(ctx)[t]
             if prob == 0:
                 return prob
             ctx = ctx + (t,)
@@ -85,11 +92,14 @@ class TableLM:
 
     def sequence_law(self, n_tokens: int, context: tuple[int, ...] = ()) -> dict[tuple[int, ...], Fraction]:
         """The exact law of the next ``n_tokens`` tokens (zero-probability sequences omitted)."""
+        if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 0:
+            raise HSDInputError(f"n_tokens: expected an int >= 0, got {n_tokens!r}")
+        context = check_context(context, self.vocab_size, "context")
         law: dict[tuple[int, ...], Fraction] = {(): Fraction(1)}
         for _ in range(n_tokens):
             nxt: dict[tuple[int, ...], Fraction] = {}
             for seq, mass in law.items():
-                row = self.probs(context + seq)
+                row = self._row(context + seq)
                 for v, pv in enumerate(row):
                     if pv:
                         nxt[seq + (v,)] = mass * pv
@@ -98,12 +108,14 @@ class TableLM:
 
     def table(self, depth: int) -> dict[tuple[int, ...], Dist]:
         """Every conditional for contexts of length ``<= depth`` (for printing and re-building)."""
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise HSDInputError(f"depth: expected an int >= 0, got {depth!r}")
         out = {}
         frontier: list[tuple[int, ...]] = [()]
         for d in range(depth + 1):
             nxt = []
             for ctx in frontier:
-                out[ctx] = self.probs(ctx)
+                out[ctx] = self._row(ctx)
                 if d < depth:
                     nxt.extend(ctx + (v,) for v in range(self.vocab_size))
             frontier = nxt
@@ -176,6 +188,8 @@ class TableLM:
         for nm, val in (("zero_prob", zero_prob), ("peaked_prob", peaked_prob)):
             if not 0 <= val <= 1:
                 raise HSDInputError(f"{nm}: must lie in [0, 1], got {val!r}")
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+            raise HSDInputError(f"depth: expected None or an int >= 0, got {depth!r}")
 
         def fn(ctx: tuple[int, ...]) -> Dist:
             key = ctx if depth is None else ctx[max(0, len(ctx) - depth) :]

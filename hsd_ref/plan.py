@@ -53,7 +53,7 @@ def main_plan(args: argparse.Namespace) -> int:
     try:
         plan = run_plan(args)
     except (ValueError, OSError) as exc:
-        print(f"hsd-ref plan: {exc}", file=sys.stderr)
+        print(f"hsd-ref plan: error: {exc}", file=sys.stderr)
         return 2
     print(plan.describe())
     if args.plot:
@@ -63,10 +63,13 @@ def main_plan(args: argparse.Namespace) -> int:
 
 def run_plan(args: argparse.Namespace):
     """Parse, optimise and (with ``--plot``) draw; raises ``HSDInputError`` naming the bad argument."""
+    from .cli import check_writable
     from .optimize import optimal_hierarchy
 
     if args.max_threshold < 1:
         raise HSDInputError(f"--max-threshold: must be >= 1, got {args.max_threshold}")
+    if args.plot is not None:
+        check_writable(args.plot, "--plot")
     models, costs, acceptance = parse_inputs(costs=args.costs, acceptance=args.acceptance, config=args.config)
     plan = optimal_hierarchy(models, costs, acceptance, max_threshold=args.max_threshold, exact=False if args.float else None)
     if args.plot:

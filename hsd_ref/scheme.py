@@ -217,28 +217,31 @@ class SingleDraftScheme(JointLawMixin):
     # -- exact laws ----------------------------------------------------------------------------
 
     def joint_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> dict[tuple[int, tuple[int, ...]], Fraction]:
-        """Exact law of ``(num_accepted, emitted tokens)`` over one iteration, drafting included."""
+        """Exact law of ``(num_accepted, emitted tokens)`` over one iteration, drafting included.
+
+        The draft tree is walked depth-first with an explicit stack (no recursion, so any ``k`` works;
+        the cost is the number of positive-probability drafts, up to ``V ** k``)."""
         vocab = check_pair(target, draft)
         prefix = check_context(prefix, vocab)
         k = check_k(k)
         tgt, prop = self.reference(target), self.proposal(draft)
         law: dict[tuple[int, tuple[int, ...]], Fraction] = {}
-
-        def walk(xs: tuple[int, ...], mass: Fraction, t_rows: list[Dist], d_rows: list[Dist]) -> None:
-            t_rows = t_rows + [tgt.probs(prefix + xs)]
+        # (drafted tokens, their draft probability, target rows along them, draft rows along them)
+        stack: list[tuple[tuple[int, ...], Fraction, list[Dist], list[Dist]]] = [((), Fraction(1), [tgt.probs(prefix)], [])]
+        while stack:
+            xs, mass, t_rows, d_rows = stack.pop()
             if len(xs) == k:
                 plan = self.plan(t_rows, d_rows, xs)
                 for tau, pt in enumerate(plan.tau_law()):
                     if pt:
                         for v, pv in enumerate(plan.emit[tau]):
                             law_add(law, (tau, xs[:tau] + (v,)), mass * pt * pv)
-                return
+                continue
             q = prop.probs(prefix + xs)
-            for v, qv in enumerate(q):
-                if qv:
-                    walk(xs + (v,), mass * qv, t_rows, d_rows + [q])
-
-        walk((), Fraction(1), [], [])
+            for v in reversed(range(len(q))):  # pushed in reverse: children are visited in id order
+                if q[v]:
+                    ys = xs + (v,)
+                    stack.append((ys, mass * q[v], t_rows + [tgt.probs(prefix + ys)], d_rows + [q]))
         return law
 
     # -- draw-for-draw verification ------------------------------------------------------------

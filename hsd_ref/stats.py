@@ -29,9 +29,16 @@ from .scheme import Scheme, check_k, law_add
 __all__ = ["accepted_law", "expected_accepted", "tokens_per_target_call", "coupling_bounds", "CouplingCheck", "coupling_check", "coupling_bound_applies"]
 
 
+def _check_call(target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> tuple[tuple[int, ...], int]:
+    """Validate the arguments here, so that a user scheme without checks of its own gets them too."""
+    vocab = check_pair(target, draft)
+    return check_context(prefix, vocab), check_k(k)
+
+
 def accepted_law(scheme: Scheme, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> dict[int, Fraction]:
     """Law of the number of accepted drafts.  Uses the scheme's ``accepted_law`` when it has one;
     otherwise assumes one emitted token beyond the accepted ones (``len(tokens) - 1``)."""
+    prefix, k = _check_call(target, draft, prefix, k)
     own = getattr(scheme, "accepted_law", None)
     if callable(own):
         return dict(own(target, draft, prefix, k))
@@ -49,6 +56,7 @@ def expected_accepted(scheme: Scheme, target: TableLM, draft: TableLM, prefix: t
 def tokens_per_target_call(scheme: Scheme, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> Fraction:
     """E[tokens emitted] / E[target calls] for one iteration (one call unless the scheme defines
     ``target_calls(tau, k)``, as ``hsd_naive`` does)."""
+    prefix, k = _check_call(target, draft, prefix, k)
     joint = getattr(scheme, "joint_law", None)
     calls = getattr(scheme, "target_calls", None)
     if callable(joint):
@@ -63,9 +71,7 @@ def tokens_per_target_call(scheme: Scheme, target: TableLM, draft: TableLM, pref
 def coupling_bounds(scheme: Scheme, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> list[Fraction]:
     """``[b_1, ..., b_k]`` with ``b_i = sum_{x_{1:i}} min(P(x_{1:i}), Q(x_{1:i}))``, computed on the
     scheme's reference and proposal models (the argmax models for greedy)."""
-    vocab = check_pair(target, draft)
-    prefix = check_context(prefix, vocab)
-    k = check_k(k)
+    prefix, k = _check_call(target, draft, prefix, k)
     ref = reference_model(scheme, target)
     proposal = getattr(scheme, "proposal", None)
     prop = proposal(draft) if callable(proposal) else draft

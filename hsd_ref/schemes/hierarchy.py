@@ -434,16 +434,12 @@ class _Engine:
             return hit
         return self.rest(level, ctx, th[level], th)
 
-    def rest(self, level: int, ctx: tuple[int, ...], need: int, th: tuple[int, ...]) -> tuple[Law, Profile]:
-        """Law (and call profile) of the tokens level ``level`` still appends from ``ctx`` when its
-        buffer lacks ``need`` tokens."""
-        key = (level, ctx, need, th[:level])
+    def chunk_law(self, level: int, ctx: tuple[int, ...], th: tuple[int, ...]) -> tuple[Law, Profile]:
+        """Law (and call profile) of the chunk that one verify round of level ``level`` appends at
+        ``ctx``: a batch from level ``level - 1``, verified in one call."""
+        key = ("chunk", level, ctx, th[:level])
         hit = self.memo.get(key)
         if hit is not None:
-            return hit
-        if need <= 0:
-            hit = ({(): F(1)}, {})
-            self.memo[key] = hit
             return hit
         blaw, bprof = self.batch(level - 1, ctx, th)
         prof: Profile = dict(bprof)
@@ -455,15 +451,33 @@ class _Engine:
                 if pt:
                     for v, pv in enumerate(plan.emit[tau]):
                         law_add(chunks, batch[:tau] + (v,), pb * pt * pv)
-        law: Law = {}
-        for chunk, m in chunks.items():
-            if len(chunk) >= need:
-                law_add(law, chunk[:need] if self.truncate else chunk, m)
-                continue
-            sub_law, sub_prof = self.rest(level, ctx + chunk, need - len(chunk), th)
-            for tail, ms in sub_law.items():
-                law_add(law, chunk + tail, m * ms)
-            _add_profile(prof, sub_prof, m)
+        hit = (chunks, prof)
+        self.memo[key] = hit
+        return hit
+
+    def rest(self, level: int, ctx: tuple[int, ...], need: int, th: tuple[int, ...]) -> tuple[Law, Profile]:
+        """Law (and call profile) of the tokens level ``level`` still appends from ``ctx`` when its
+        buffer lacks ``need`` tokens.  The buffer grows forward one verify round at a time over the
+        partial buffers (no recursion, so ``need`` is not bounded by the recursion limit)."""
+        key = (level, ctx, need, th[:level])
+        hit = self.memo.get(key)
+        if hit is not None:
+            return hit
+        law: Law = {(): F(1)} if need <= 0 else {}
+        prof: Profile = {}
+        frontier: Law = {} if need <= 0 else {(): F(1)}  # partial buffer (shorter than need) -> mass
+        while frontier:
+            nxt: Law = {}
+            for buf, mass in frontier.items():
+                chunks, rprof = self.chunk_law(level, ctx + buf, th)
+                _add_profile(prof, rprof, mass)
+                for chunk, m in chunks.items():
+                    grown = buf + chunk
+                    if len(grown) >= need:
+                        law_add(law, grown[:need] if self.truncate else grown, mass * m)
+                    else:
+                        law_add(nxt, grown, mass * m)
+            frontier = nxt
         hit = (law, prof)
         self.memo[key] = hit
         return hit

@@ -72,23 +72,21 @@ class HSDNaive(SingleDraftScheme):
         return Plan("backward", tuple(chances), tuple(emit) + (target_probs[k],))
 
     def _resample_law(self, target, draft, context, P_t, Q_t, first_law, n_left):
-        """Law of the ``n_left`` resampled tokens, the first drawn from ``first_law``."""
+        """Law of the ``n_left`` resampled tokens, the first drawn from ``first_law`` (a depth-first
+        walk with an explicit stack, so ``n_left`` is not bounded by the recursion limit)."""
         law: dict[tuple[int, ...], Fraction] = {}
-
-        def walk(path, mass, P, Q, row_law):
+        stack = [((), Fraction(1), P_t, Q_t, first_law)]  # (path, mass, P, Q, law of the next token or None)
+        while stack:
+            path, mass, P, Q, row_law = stack.pop()
             if len(path) == n_left:
                 law_add(law, path, mass)
-                return
+                continue
+            p_row, q_row = target.probs(context + path), draft.probs(context + path)
             if row_law is None:
-                p_row, q_row = target.probs(context + path), draft.probs(context + path)
                 row_law = residual_or_target(branch_excess(P, Q, p_row, q_row)[0], p_row)
-            else:
-                p_row, q_row = target.probs(context + path), draft.probs(context + path)
-            for v, w in enumerate(row_law):
-                if w:
-                    walk(path + (v,), mass * w, P * p_row[v], Q * q_row[v], None)
-
-        walk((), Fraction(1), P_t, Q_t, first_law)
+            for v in reversed(range(len(row_law))):  # pushed in reverse: visited in id order
+                if row_law[v]:
+                    stack.append((path + (v,), mass * row_law[v], P * p_row[v], Q * q_row[v], None))
         return law
 
     def joint_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int):

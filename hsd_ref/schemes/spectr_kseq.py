@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from ..exact import Dist
+from ..exact import Dist, HSDInputError
 from ..multidraft import MultiDraftScheme, NodeDecision, ratio_chance
 
 __all__ = ["SpecTrKSeq", "kseq_beta", "kseq_feasible", "kseq_rho", "kseq_residual", "RHO_HALVINGS"]
@@ -50,6 +50,10 @@ def kseq_rho(p_row: Dist, q_row: Dist, m: int, halvings: int = RHO_HALVINGS) -> 
     ``rho = R / D`` (``D = 2 ** halvings``), ``S = sum_x min(c_x R, a_x D) = beta L R`` and the
     condition reads ``D ((L R)^m - (L R - S)^m) <= R S (L R)^(m - 1)``.
     """
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise HSDInputError(f"m: expected an int number of candidates >= 1, got {m!r}")
+    if isinstance(halvings, bool) or not isinstance(halvings, int) or halvings < 0:
+        raise HSDInputError(f"halvings: expected an int >= 0, got {halvings!r}")
     if m == 1:
         return Fraction(1)
     big_l = math.lcm(*(x.denominator for x in p_row), *(x.denominator for x in q_row))

@@ -83,3 +83,46 @@ def test_non_fraction_masses_from_a_user_scheme_are_refused():
 
     with pytest.raises(ValueError, match="non-Fraction"):
         check_lossless(FloatScheme())
+
+
+# ------------------------------------------------------------------------------------ regressions
+# An empty family verifies nothing: check_lossless used to report lossless=True over 0 instances,
+# even for the lossy hsd_released.
+
+
+def test_check_lossless_refuses_empty_vocab_sizes():
+    with pytest.raises(ValueError, match=r"^vocab_sizes: empty"):
+        check_lossless(SCHEMES["hsd_released"], vocab_sizes=())
+
+
+def test_check_lossless_refuses_empty_ks():
+    with pytest.raises(ValueError, match=r"^ks: empty"):
+        check_lossless(SCHEMES["hsd_released"], ks=())
+
+
+def test_check_lossless_refuses_empty_instances():
+    with pytest.raises(ValueError, match=r"^instances: no instances"):
+        check_lossless(SCHEMES["hsd_released"], instances=[])
+
+
+def test_check_lossless_refuses_an_exhausted_instance_iterator():
+    with pytest.raises(ValueError, match=r"^instances: no instances"):
+        check_lossless(SCHEMES["hsd_released"], instances=(inst for inst in ()))
+
+
+def test_instance_family_refuses_a_negative_count():
+    from hsd_ref.check import instance_family
+
+    with pytest.raises(ValueError, match=r"^instances: expected a count >= 0"):
+        instance_family((2,), (1,), -1)
+    assert instance_family((), (1,), 1) == [] and instance_family((2,), (), 1) == []  # check_lossless refuses these
+    with pytest.raises(ValueError, match=r"^vocab_sizes: every entry"):
+        instance_family((0,), (1,), 1)
+    assert len(instance_family((2,), (1,), 0)) == 3  # toy pair, draft == target, point-mass draft
+
+
+def test_lossless_report_over_zero_instances_cannot_say_lossless():
+    from hsd_ref import LosslessReport
+
+    with pytest.raises(ValueError, match=r"^instances_checked: "):
+        LosslessReport("s", True, True, F(0), F(0), 0)

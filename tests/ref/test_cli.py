@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from hsd_ref import SCHEMES
 from hsd_ref.cli import audit_row, main
 
@@ -33,3 +35,56 @@ def test_python_dash_m_entry_point_runs_the_whole_audit():
     for name in SCHEMES:
         assert name in proc.stdout
     assert f"{len(SCHEMES)}/{len(SCHEMES)} schemes as claimed" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------ regressions
+# `hsd-ref audit -o /nonexistent/x.md` used to run the whole audit, then die with a traceback.
+
+
+def _one_error_line(err: str, prefix: str) -> None:
+    assert err.startswith(prefix) and err.count("\n") == 1 and err.endswith("\n"), err
+    assert "Traceback" not in err
+
+
+def audit_must_not_run(name):
+    raise AssertionError("the audit ran before its output path was checked")
+
+
+def test_audit_output_path_is_checked_before_the_audit_runs(monkeypatch, capsys):
+    import hsd_ref.cli as cli
+
+    monkeypatch.setattr(cli, "audit_row", audit_must_not_run)
+    assert cli.main(["audit", "--jobs", "1", "--quiet", "-o", "/nonexistent/x.md"]) == 2
+    _one_error_line(capsys.readouterr().err, "hsd-ref audit: error: --output: cannot write '/nonexistent/x.md'")
+
+
+def test_audit_output_path_that_is_a_directory_is_refused_first(monkeypatch, tmp_path, capsys):
+    import hsd_ref.cli as cli
+
+    monkeypatch.setattr(cli, "audit_row", audit_must_not_run)
+    assert cli.main(["audit", "--jobs", "1", "-o", str(tmp_path)]) == 2
+    _one_error_line(capsys.readouterr().err, "hsd-ref audit: error: --output: ")
+
+
+@pytest.mark.parametrize(
+    "argv, prefix",
+    [
+        (["audit", "--jobs", "0"], "hsd-ref audit: error: --jobs: "),
+        (["audit", "--jobs", "x"], "hsd-ref audit: error: argument --jobs"),
+        (["audit", "--schemes", "nope"], "hsd-ref audit: error: --schemes: unknown scheme 'nope'"),
+        (["audit", "--no-such-option"], "hsd-ref audit: error: unrecognized arguments"),
+        (["plan", "--costs", "d=x", "t=1", "--acceptance", "d:t=0.5"], "hsd-ref plan: error: --costs d: "),
+        (["plan", "--config", "/nonexistent/plan.json"], "hsd-ref plan: error: --config"),
+        (["no-such-command"], "hsd-ref: error: argument command"),
+        ([], "hsd-ref: error: "),
+    ],
+)
+def test_cli_errors_are_one_line_without_a_traceback(argv, prefix, capsys):
+    assert main(argv) == 2
+    _one_error_line(capsys.readouterr().err, prefix)
+
+
+def test_plan_plot_path_is_checked_before_planning(capsys):
+    argv = ["plan", "--costs", "d=0.1", "t=1", "--acceptance", "d:t=0.5", "--plot", "/nonexistent/plan.png"]
+    assert main(argv) == 2
+    _one_error_line(capsys.readouterr().err, "hsd-ref plan: error: --plot: ")

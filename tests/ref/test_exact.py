@@ -97,3 +97,106 @@ def test_enumerators_reject_bad_input(name):
         sequence_law(s, p2, p2, (), 1, -1)
     with pytest.raises(ValueError, match="k: expected an int"):
         s.outcome_law(p2, p2, (), 1.0)
+
+
+# ------------------------------------------------------------------------------------ regressions
+# TableLM used to index rows with the raw id: sequence_prob((-1,)) returned p[-1] by Python's negative
+# indexing, a bool id was read as 0/1, and a cached context was returned before it was validated.
+
+TOY = TableLM.context_free((F(1, 3), F(2, 3)))
+
+
+@pytest.mark.parametrize(
+    "tokens, message",
+    [
+        ((-1,), r"^tokens\[0\] = -1 is out of range for vocab_size=2"),
+        ((0, -2), r"^tokens\[1\] = -2 is out of range"),
+        ((0, 2), r"^tokens\[1\] = 2 is out of range"),
+        ((True,), r"^tokens\[0\]: expected an int token id, got True"),
+        ((F(1),), r"^tokens\[0\]: expected an int token id"),
+        ((1.0,), r"^tokens\[0\]: expected an int token id"),
+        (5, r"^tokens: expected a tuple of token ids"),
+    ],
+)
+def test_tablelm_sequence_prob_refuses_negative_and_non_int_token_ids(tokens, message):
+    with pytest.raises(ValueError, match=message):
+        TOY.sequence_prob(tokens)
+
+
+def test_tablelm_sequence_prob_validates_tokens_after_a_zero_probability():
+    lm = TableLM.context_free((F(1), F(0)))
+    with pytest.raises(ValueError, match=r"^tokens\[1\] = -1 is out of range"):
+        lm.sequence_prob((1, -1))  # used to stop at the zero and return 0
+
+
+@pytest.mark.parametrize("bad", [(-1,), (True,), (F(1),), (1.0,)])
+def test_tablelm_refuses_bad_context_ids_even_when_cached(bad):
+    lm = TableLM.random(2, 3)
+    lm.sequence_law(2)  # caches (), (0,), (1,): a bool or Fraction key would hit (1,) in the cache
+    with pytest.raises(ValueError, match=r"^context\[0\]"):
+        lm.probs(bad)
+    with pytest.raises(ValueError, match=r"^context\[0\]"):
+        lm.sequence_prob((0,), bad)
+    with pytest.raises(ValueError, match=r"^context\[0\]"):
+        lm.sequence_law(1, bad)
+
+
+def test_tablelm_sequence_law_accepts_any_sequence_as_context():
+    lm = TableLM.random(2, 3)
+    assert lm.sequence_law(2, [1, 0]) == lm.sequence_law(2, (1, 0))
+    assert lm.sequence_prob([0, 1], [1]) == lm.sequence_prob((0, 1), (1,))
+
+
+@pytest.mark.parametrize("n", [-1, True, 1.0, None])
+def test_sequence_law_refuses_a_negative_length(n):
+    with pytest.raises(ValueError, match=r"^n_tokens: expected an int >= 0"):
+        TOY.sequence_law(n)
+    with pytest.raises(ValueError, match=r"^n_tokens: expected an int >= 0"):
+        sequence_law(SCHEMES["tokenwise"], TOY, TOY, (), 1, n)
+
+
+def test_tablelm_table_refuses_a_negative_depth():
+    with pytest.raises(ValueError, match=r"^depth: expected an int >= 0"):
+        TOY.table(-1)  # used to return {}
+    assert TOY.table(0) == {(): TOY.probs(())}
+
+
+def test_tablelm_random_refuses_a_negative_depth():
+    with pytest.raises(ValueError, match=r"^depth: expected None or an int >= 0"):
+        TableLM.random(2, 0, depth=-1)  # used to make the model silently context-free
+    with pytest.raises(ValueError, match=r"^depth: expected None or an int >= 0"):
+        TableLM.random(2, 0, depth=1.5)
+
+
+@pytest.mark.parametrize("u", [-1, F(-1, 10), 1, F(3, 2)])
+def test_sample_index_refuses_u_outside_the_unit_interval(u):
+    with pytest.raises(ValueError, match=r"^u: .* is outside \[0, 1\)"):
+        sample_index((F(1, 2), F(1, 2)), u)  # u = -1 used to return 0
+
+
+@pytest.mark.parametrize("u, fragment", [(0.5, "float"), (True, "bool"), ("0", "expected an exact")])
+def test_sample_index_refuses_inexact_u(u, fragment):
+    with pytest.raises(ValueError, match=rf"^u: .*{fragment}"):
+        sample_index((F(1, 2), F(1, 2)), u)
+
+
+def test_sample_index_blames_a_distribution_of_mass_below_u():
+    assert sample_index((F(1, 2), F(1, 2)), 0) == 0
+    with pytest.raises(ValueError, match=r"^dist: total mass 1/2 <= u = 3/4"):
+        sample_index((F(1, 4), F(1, 4)), F(3, 4))
+
+
+@pytest.mark.parametrize("index", [-1, 3, True])
+def test_one_hot_refuses_an_out_of_range_index(index):
+    from hsd_ref.exact import one_hot
+
+    with pytest.raises(ValueError, match=r"^index: "):
+        one_hot(index, 3)  # -1 used to give the all-zero vector
+
+
+def test_extend_law_refuses_a_negative_length():
+    from hsd_ref.enumerate import extend_law
+
+    with pytest.raises(ValueError, match=r"^length: expected an int >= 0"):
+        extend_law({(0, 1): F(1)}, TOY, (), -1)  # used to truncate from the end: {(0,): 1}
+    assert extend_law({(0, 1): F(1)}, TOY, (), 1) == {(0,): F(1)}

@@ -368,3 +368,16 @@ def test_bad_call_arguments_name_the_argument():
     with pytest.raises(HSDInputError):
         Hierarchy(middles=[Middle("bad", lambda t, d: "not a model")]).outcome_law(target, draft, (), 1)
 
+
+
+# ------------------------------------------------------------------------------------ regressions
+
+
+def test_hierarchy_many_short_middle_chunks_have_no_recursion_limit():
+    # the middle (a point mass on 1) rejects every 1-token draft batch (a point mass on 0), so its
+    # buffer of k tokens is filled by k chunks of one token: this used to recurse k levels deep
+    k = 1200
+    pm0, pm1 = TableLM.context_free((F(1), F(0))), TableLM.context_free((F(0), F(1)))
+    scheme = Hierarchy(middles=(pm1,), verifiers=("tokenwise", "tokenwise"), thresholds=(1,))
+    assert iteration_law(scheme, pm1, pm0, (), k) == {(1,) * (k + 1): F(1)}
+    assert scheme.call_profile(pm1, pm0, (), k) == ({1: F(k)}, {2: F(k)}, {k + 1: F(1)})

@@ -98,3 +98,24 @@ def test_process_rejects_bad_models():
         TableLMProcess([P])
     with pytest.raises(ValueError, match=r"models\[1\]"):
         TableLMProcess([P, TableLM.context_free((F(1, 2), F(1, 2)))])
+
+
+# ------------------------------------------------------------------------------------ regressions
+
+
+@pytest.mark.parametrize("window", [0, -1, True, 2.0])
+def test_tablelm_process_refuses_a_window_below_one(window):
+    # window = -1 used to read the rows of ctx[1:] (the wrong context), window = 0 the whole context
+    with pytest.raises(ValueError, match=r"^window: expected an int >= 1"):
+        TableLMProcess([P, P], window=window)
+
+
+def test_tablelm_process_refuses_a_bad_prefix():
+    with pytest.raises(ValueError, match=r"^prefix\[0\] = -1 is out of range"):
+        TableLMProcess([P, P], prefix=(-1,))
+
+
+def test_mix_model_refuses_a_negative_depth():
+    # depth = -1 used to build an empty table that failed only when queried
+    with pytest.raises(ValueError, match=r"^depth: expected an int >= 0"):
+        mix_model(P, P, -1)

@@ -468,3 +468,13 @@ def test_infeasible_rho_gives_a_negative_residual():
 def test_multidraft_base_is_abstract():
     with pytest.raises(NotImplementedError):
         MultiDraftScheme(2).node_decision(P3, Q3, [0])
+
+
+# ------------------------------------------------------------------------------------ regressions
+
+
+@pytest.mark.parametrize("kwargs, argument", [({"m": 0}, "m"), ({"m": -1}, "m"), ({"m": 2, "halvings": -1}, "halvings")])
+def test_kseq_rho_refuses_negative_counts(kwargs, argument):
+    # m = 0 used to return a rho below 1 (lo = 1 > hi = 0); halvings = -1 a bare "negative shift count"
+    with pytest.raises(ValueError, match=rf"^{argument}: expected an int"):
+        kseq_rho(P3, Q3, **kwargs)

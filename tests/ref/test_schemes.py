@@ -208,3 +208,63 @@ def test_hsd_naive_verify_needs_models_off_the_draft_path():
     assert len(res.tokens) == 2 and res.num_accepted == 0
     # the resampled tokens follow the branch residuals: the first one has positive residual mass
     assert plan.emit[0][res.tokens[0]] > 0
+
+
+# ------------------------------------------------------------------------------------ regressions
+# The exact enumerators walked the draft recursively: iteration_law(..., k=1000) raised RecursionError
+# although a point-mass draft has a single path.
+
+LONG_K = 1200  # above Python's default recursion limit of 1000
+POINT_0 = TableLM.context_free((F(1), F(0)))
+POINT_1 = TableLM.context_free((F(0), F(1)))
+
+
+@pytest.mark.parametrize("name", list(SCHEMES))
+def test_iteration_law_long_draft_has_no_recursion_limit(name):
+    scheme = SCHEMES[name]
+    accepted = expected_accepted(scheme, POINT_0, POINT_0, (), LONG_K)
+    if name == "spectr_kseq":
+        # its bisected rho is 1 + 2**-30, not 1: every position keeps a rejection chance of about
+        # 2**-60, and extending the LONG_K + 1 emission lengths to k + 1 tokens would take ~15 s
+        assert LONG_K - 1 < accepted < LONG_K
+        return
+    assert accepted == LONG_K
+    assert iteration_law(scheme, POINT_0, POINT_0, (), LONG_K) == {(0,) * (LONG_K + 1): F(1)}
+
+
+def test_hsd_naive_long_resampled_tail_has_no_recursion_limit():
+    # the draft is rejected at position 1, then all LONG_K positions are resampled off the draft path
+    law = SCHEMES["hsd_naive"].joint_law(POINT_1, POINT_0, (), LONG_K)
+    assert law == {(0, (1,) * LONG_K): F(1)}
+
+
+def test_sequence_law_long_horizon_has_no_recursion_limit():
+    # the decoding loop was always iterative; this pins it (1500 iterations of one token each)
+    law = sequence_law(SCHEMES["tokenwise"], POINT_1, POINT_0, (), 1, 1500)
+    assert law == {(1,) * 1500: F(1)}
+
+
+class OneTokenScheme:
+    """A user scheme that validates nothing itself: emits one token from the target's first row."""
+
+    name = "one_token"
+    lossless = True
+
+    def outcome_law(self, target, draft, prefix, k):
+        return {(v,): m for v, m in enumerate(target.probs(())) if m}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (((-1,), 1), r"^prefix\[0\] = -1 is out of range"),
+        (((), -1), r"^k: draft length must be >= 0"),
+        (((), True), r"^k: expected an int"),
+    ],
+)
+def test_stats_validate_arguments_for_a_user_scheme(args, message):
+    from hsd_ref.stats import accepted_law, tokens_per_target_call
+
+    for fn in (accepted_law, expected_accepted, tokens_per_target_call):
+        with pytest.raises(ValueError, match=message):
+            fn(OneTokenScheme(), TOY_P, TOY_Q, *args)
