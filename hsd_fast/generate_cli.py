@@ -80,6 +80,12 @@ def _thresholds(text):
 
 
 def run(args) -> int:
+    """Errors (ValueError / OSError) propagate to :func:`hsd_fast.cli.main`, which prints them as one line."""
+    from .cli import check_device, check_threads
+
+    # the cheap checks first: no model is loaded for a bad device or thread count
+    check_threads(args.threads)
+    check_device(args.device)
     import torch
 
     from .engine import SpeculativeDecoder
@@ -88,21 +94,17 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     scheme = args.scheme.split(",") if "," in args.scheme else args.scheme
-    try:
-        dec = SpeculativeDecoder(
-            _levels(args),
-            scheme=scheme,
-            thresholds=_thresholds(args.thresholds),
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            device=device,
-            dtype=args.dtype,
-            eos_token_id=None if args.no_eos else "auto",
-        )
-    except ValueError as exc:
-        print(f"hsd-fast generate: error: {exc}", file=sys.stderr)
-        return 2
+    dec = SpeculativeDecoder(
+        _levels(args),
+        scheme=scheme,
+        thresholds=_thresholds(args.thresholds),
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        device=device,
+        dtype=args.dtype,
+        eos_token_id=None if args.no_eos else "auto",
+    )
     stream = len(args.prompt) == 1 and not args.json and dec.tokenizer is not None
     state = {"ids": [], "text": ""}
 
@@ -122,9 +124,10 @@ def run(args) -> int:
         sys.stdout.flush()
     try:
         res = dec.generate(args.prompt, max_new_tokens=args.max_new_tokens, seed=args.seed, on_tokens=on_tokens if stream else None)
-    except ValueError as exc:
-        print(f"\nhsd-fast generate: error: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError):
+        if stream:  # end the streamed line before the error line
+            sys.stdout.write("\n")
+        raise
     if args.json:
         print(json.dumps({"tokens": res.tokens, "texts": res.texts, "finish_reasons": res.finish_reasons,
                           "metrics": res.metrics.as_dict()}, indent=2))

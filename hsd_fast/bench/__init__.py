@@ -90,30 +90,22 @@ def _select(args):
 def run(args) -> int:
     import json
 
-    import torch
-
+    from ..cli import check_device, check_threads
     from .analysis import summarize
     from .report import machine_info, write_report
     from .runner import Settings, _load_jsonl, run_suites
 
-    try:
-        suites, out, work, tokens = _select(args)
-        _positive("--threads", args.threads)
-        torch.device(args.device)
-    except (ValueError, RuntimeError) as exc:
-        print(f"hsd-fast bench: error: {exc}", file=sys.stderr)
-        return 2
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("hsd-fast bench: error: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
+    # errors (ValueError / OSError) are printed as one line by hsd_fast.cli.main
+    suites, out, work, tokens = _select(args)
+    check_threads(args.threads)
+    check_device(args.device)
     settings = Settings(work=work, max_new_tokens=tokens, threads=args.threads, device=args.device, seed=args.seed,
                         resume=args.resume, progress=not args.no_progress,
                         log=lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.report_only:
         records = _load_jsonl(work / "runs.jsonl")
         if not records:
-            print(f"hsd-fast bench: error: no results in {work / 'runs.jsonl'} to report", file=sys.stderr)
-            return 2
+            raise ValueError(f"--report-only: no results in {work / 'runs.jsonl'} to report")
     else:
         records = run_suites(suites, settings)
     names = {s.name for s in suites}

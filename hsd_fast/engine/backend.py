@@ -13,9 +13,17 @@ matter: a backend may reuse any work whose token prefix is unchanged, so callers
     tokens with ``tok`` (one vectorised ``cumprod`` of equalities), lowers the valid length of each
     row to the common prefix, and recomputes only from there.  Rejected positions are simply
     overwritten by the next forward.  A forward over ragged per-row ranges ``[start_b, end_b)`` runs
-    ``M = max(end - start)`` positions for every row; a row's surplus positions write slots past
-    its valid length, which are never read before being rewritten.  Attention uses an explicit
-    additive mask ``key_slot <= query_position`` and explicit ``position_ids``.
+    ``M = max(end - start)`` positions for every row; a row's surplus positions (``>= end_b``) all
+    write one scratch slot, ``E = max(end)``, which no row holds and attention never reads.
+    Attention uses an explicit additive mask ``key_slot <= query_position`` and explicit
+    ``position_ids``, over the first ``E`` slots only.
+
+    Memory and per-call work follow the positions in use, never the width of the caller's buffer:
+    the capacity (``capacity``, slots per row) is allocated lazily, starts at 16 and at least
+    doubles whenever the longest row (plus the scratch slot when rows are ragged) outgrows it; only
+    the first ``max(lens)`` tokens of a request are compared with ``tok``.  :meth:`CachedLM.select_rows`
+    copies only the occupied slots, and shrinks the capacity when the kept rows use at most a
+    quarter of it.
 
     Early-exit views (HiSpec, Kumar et al. arXiv 2510.01336, papers.md §5): ``view(depth)`` is the
     model truncated to its first ``depth`` decoder layers followed by the final norm and the LM head.
@@ -52,6 +60,7 @@ class Backend(Protocol):
     vocab_size: int
     n_layers: int
     device: torch.device
+    max_positions: int | None  # the model's context length (config.max_position_embeddings), None if unknown
 
     def logits(self, depth: int, seq: torch.Tensor, lens: torch.Tensor, n_out: int, vocab_ids: torch.Tensor | None = None) -> torch.Tensor: ...
 
@@ -71,6 +80,20 @@ def _vocab_size(model) -> int:
 
 def _param(model) -> torch.Tensor:
     return next(model.parameters())
+
+
+def _max_positions(model) -> int | None:
+    """``config.max_position_embeddings`` (the positions the model was built for), ``None`` if absent."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def _pow2(n: int) -> int:
+    """The least power of two >= n (n >= 1)."""
+    return 1 << (n - 1).bit_length()
+
+
+_MIN_CAPACITY = 16
 
 
 def supports_cached(model) -> str | None:
@@ -93,11 +116,11 @@ def supports_cached(model) -> str | None:
 
 class _SlotCache:
     """The cache object handed to HF decoder layers during one segment forward:
-    ``update`` writes the new keys/values at their positions and returns the first ``kv_len`` slots."""
+    ``update`` writes the new keys/values at their slots and returns the first ``kv_len`` slots."""
 
     def __init__(self, kv: list, index: torch.Tensor, kv_len: int):
         self.kv = kv  # per global layer index: (keys, values) [B, H_kv, capacity, D]
-        self.index = index  # [B, M] positions of the new tokens
+        self.index = index  # [B, M] slots of the new tokens (their positions; surplus ones: the scratch slot)
         self.kv_len = kv_len
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
@@ -136,6 +159,7 @@ class CachedLM:
         p = _param(model)
         self.device, self.dtype = p.device, p.dtype
         self.hidden = int(model.config.hidden_size)
+        self.max_positions = _max_positions(model)
         self.exits: set[int] = {self.n_layers}
         self.forward_time = 0.0
         # recent transformers name the layers' cache argument ``cache`` (``past_key_values`` is deprecated)
@@ -156,52 +180,88 @@ class CachedLM:
             self.reset()
 
     def reset(self) -> None:
-        """Forget every cached position (the next call reallocates for its batch size)."""
+        """Forget every cached position and free the buffers (the next call allocates for its batch)."""
         self.bounds = sorted(self.exits)  # segment s covers layers [bounds[s-1], bounds[s])
-        self._B = None
-        self._cap = 0
+        self._free()
+
+    @property
+    def capacity(self) -> int:
+        """Slots per row currently allocated in every layer's key/value buffer (0 before the first call)."""
+        return self._cap
 
     # ------------------------------------------------------------------ state
 
-    def _alloc(self, B: int, cap: int) -> None:
+    def _free(self) -> None:
+        self._B = None
+        self._cap = 0
+        self.tok = None  # [B, capacity] the tokens fed, by position (-1: never fed)
+        self.kv = []  # per layer (keys, values) [B, H_kv, capacity, D]
+        self.hid = []  # per segment [B, capacity, hidden]: its output hidden state at each slot
+        self.seg_len = []  # per segment [B]: its leading valid slots
+
+    def _used(self, rows: torch.Tensor | None = None) -> int:
+        """Slots holding valid state in some row (of ``rows``, default all) and segment (a host sync)."""
+        if self._B is None:
+            return 0
+        seg = torch.stack(self.seg_len)  # [segments, B]
+        if rows is not None:
+            seg = seg.index_select(1, rows)
+        return int(seg.max()) if seg.numel() else 0
+
+    def _buffers(self, B: int, cap: int):
         dev, dt = self.device, self.dtype
-        old = (self._B, self._cap, getattr(self, "tok", None), getattr(self, "kv", None), getattr(self, "hid", None), getattr(self, "seg_len", None))
-        self.tok = torch.full((B, cap), -1, dtype=torch.int64, device=dev)
-        self.kv = []
+        tok = torch.full((B, cap), -1, dtype=torch.int64, device=dev)
+        kv = []
         for layer in self.layers:
             attn = layer.self_attn
-            n_kv = attn.config.num_key_value_heads
-            shape = (B, n_kv, cap, attn.head_dim)
-            self.kv.append((torch.zeros(shape, dtype=dt, device=dev), torch.zeros(shape, dtype=dt, device=dev)))
-        self.hid = [torch.zeros((B, cap, self.hidden), dtype=dt, device=dev) for _ in self.bounds]
-        self.seg_len = [torch.zeros(B, dtype=torch.int64, device=dev) for _ in self.bounds]
-        if old[0] == B and old[2] is not None:  # grow: copy the old slots
-            n = old[1]
-            self.tok[:, :n] = old[2]
-            for (k, v), (ko, vo) in zip(self.kv, old[3]):
-                k[:, :, :n] = ko
-                v[:, :, :n] = vo
-            for h, ho in zip(self.hid, old[4]):
-                h[:, :n] = ho
-            self.seg_len = old[5]
+            shape = (B, attn.config.num_key_value_heads, cap, attn.head_dim)
+            # zeros, not empty: masked slots still enter the attention products, so they must be finite
+            kv.append((torch.zeros(shape, dtype=dt, device=dev), torch.zeros(shape, dtype=dt, device=dev)))
+        hid = [torch.zeros((B, cap, self.hidden), dtype=dt, device=dev) for _ in self.bounds]
+        return tok, kv, hid
+
+    def _resize(self, cap: int, rows: torch.Tensor | None = None) -> None:
+        """Reallocate with ``cap`` slots per row, keeping ``rows`` (default: all, in order) and copying
+        only the occupied slots."""
+        n = min(self._used(rows), cap)
+        B = self._B if rows is None else int(rows.shape[0])
+        tok, kv, hid = self._buffers(B, cap)
+
+        def take(x):
+            return x if rows is None else x.index_select(0, rows)
+
+        tok[:, :n] = take(self.tok[:, :n])
+        for (k, v), (ko, vo) in zip(kv, self.kv):
+            k[:, :, :n] = take(ko[:, :, :n])
+            v[:, :, :n] = take(vo[:, :, :n])
+        for h, ho in zip(hid, self.hid):
+            h[:, :n] = take(ho[:, :n])
+        self.seg_len = [take(sl).clamp(max=n) for sl in self.seg_len]
+        self.tok, self.kv, self.hid = tok, kv, hid
         self._B, self._cap = B, cap
 
     def _ensure(self, B: int, needed: int) -> None:
+        """Make room for ``needed`` slots per row of a batch of ``B`` rows (a new batch size starts afresh)."""
         if self._B != B:
-            self._B = None
-            self._alloc(B, max(16, 1 << (needed - 1).bit_length()))
+            self._free()
+            self.tok, self.kv, self.hid = self._buffers(B, max(_MIN_CAPACITY, _pow2(max(needed, 1))))
+            self.seg_len = [torch.zeros(B, dtype=torch.int64, device=self.device) for _ in self.bounds]
+            self._B, self._cap = B, self.tok.shape[1]
         elif needed > self._cap:
-            self._alloc(B, max(2 * self._cap, 1 << (needed - 1).bit_length()))
+            self._resize(max(2 * self._cap, _pow2(needed)))
 
     def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` of the batch (in that order), e.g. to drop finished requests."""
+        """Keep only ``rows`` of the batch (in that order; repeats allowed), e.g. to drop finished
+        requests.  Copies the occupied slots only; shrinks the capacity when they fill at most a
+        quarter of it."""
         if self._B is None:
             return
-        self.tok = self.tok[rows]
-        self.kv = [(k[rows], v[rows]) for k, v in self.kv]
-        self.hid = [h[rows] for h in self.hid]
-        self.seg_len = [s[rows] for s in self.seg_len]
-        self._B = int(rows.shape[0])
+        rows = rows.to(device=self.device, dtype=torch.int64)
+        used = self._used(rows)
+        cap = self._cap
+        if 4 * used <= cap:
+            cap = max(_MIN_CAPACITY, min(cap, _pow2(max(2 * used, 1))))
+        self._resize(cap, rows)
 
     def prefill(self, seq: torch.Tensor, lens: torch.Tensor) -> None:
         """Run every segment over each row's tokens ``seq[b, :lens[b]]`` (then copy rows with
@@ -228,24 +288,33 @@ class CachedLM:
     def logits(self, depth: int, seq: torch.Tensor, lens: torch.Tensor, n_out: int, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the ``depth``-layer view at the last ``n_out`` positions of each row.
 
-        seq [B, S] int64 (entries past lens are ignored), lens [B] int64 >= n_out.  -> [B, n_out, V]
-        (only the columns ``vocab_ids``, in that order, when given: the LM head computes just those rows).
+        seq [B, S] int64 (entries past lens are ignored, so S may be any width >= max(lens)), lens [B]
+        int64 >= n_out.  -> [B, n_out, V] (only the columns ``vocab_ids``, in that order, when given:
+        the LM head computes just those rows).  Memory and work depend on ``lens``, not on ``S``.
         """
         if depth not in self.exits:
             raise ValueError(f"depth: {depth} is not a registered exit of {self.name} (exits {sorted(self.exits)})")
         t0 = time.perf_counter()
         B, S = seq.shape
-        self._ensure(B, 2 * S)
-        # common prefix of the cached tokens and the request, per row
-        same = (self.tok[:, :S] == seq).to(torch.int64).cumprod(1).sum(1)
+        L = int(lens.max()) if B else 0  # the longest row: the only width that matters
+        if L > S:
+            raise ValueError(f"lens: a row length {L} exceeds the width {S} of seq")
+        self._ensure(B, L)
+        # common prefix of the cached tokens and the request, per row (only the first L columns matter)
+        same = (self.tok[:, :L] == seq[:, :L]).to(torch.int64).cumprod(1).sum(1)
         common = torch.minimum(same, lens)
         for s in range(len(self.bounds)):
             self.seg_len[s] = torch.minimum(self.seg_len[s], common)
-        self.tok[:, :S] = seq
         top = self.bounds.index(depth)
+        # per segment to run: M = the most positions a row needs, and whether rows are ragged (one sync)
+        todo = lens[None, :] - torch.stack(self.seg_len[: top + 1])  # [top + 1, B]
+        stats = torch.stack([todo.amax(1), todo.amin(1)], 1).tolist() if B else [[0, 0]] * (top + 1)
+        if any(m > 0 and lo < m for m, lo in stats):
+            self._ensure(B, L + 1)  # the scratch slot of the surplus positions
+        self.tok[:, :L] = seq[:, :L]
         for s in range(top + 1):
             # the top segment recomputes nothing it already holds: its stored hidden states are read
-            self._run_segment(s, self.seg_len[s], lens, seq)
+            self._run_segment(s, self.seg_len[s], lens, seq, int(stats[s][0]), L)
             self.seg_len[s] = lens.clone()
         pos = lens[:, None] - n_out + torch.arange(n_out, device=lens.device)  # [B, n_out]
         h = self.hid[top].gather(1, pos[..., None].expand(B, n_out, self.hidden))
@@ -255,25 +324,28 @@ class CachedLM:
         self.forward_time += time.perf_counter() - t0
         return out
 
-    def _run_segment(self, s: int, start: torch.Tensor, end: torch.Tensor, seq: torch.Tensor) -> None:
-        M = int((end - start).max())
+    def _run_segment(self, s: int, start: torch.Tensor, end: torch.Tensor, seq: torch.Tensor, M: int, E: int) -> None:
+        """Run segment ``s`` over positions ``[start_b, end_b)`` of each row: ``M = max(end - start)``
+        positions per row, ``E = max(end)``.  Surplus positions (``>= end_b``) read and write slot ``E``."""
         if M <= 0:
             return
         B, S = seq.shape
         pos = start[:, None] + torch.arange(M, device=start.device)  # [B, M]
-        kv_len = int(pos[:, -1].max()) + 1
-        if kv_len > self._cap:  # a row's surplus positions may run past the others' lengths
-            self._ensure(B, kv_len)
+        slot = torch.where(pos < end[:, None], pos, E)  # [B, M]; E < capacity when some row has surplus
+        # no position past the longest row reaches the model (its rotary tables, a context-length
+        # check): surplus queries are discarded, so any position serves them
+        pos = pos.clamp(max=E - 1)
         if s == 0:
-            ids = seq.gather(1, pos.clamp(max=S - 1)).clamp(min=0)
+            ids = seq.gather(1, slot.clamp(max=S - 1)).clamp(min=0)
             x = self.embed(ids)
         else:
-            x = self.hid[s - 1].gather(1, pos[..., None].expand(B, M, self.hidden))
-        keys = torch.arange(kv_len, device=pos.device)
-        allowed = keys[None, None, None, :] <= pos[:, None, :, None]  # [B, 1, M, kv_len]
+            x = self.hid[s - 1].gather(1, slot[..., None].expand(B, M, self.hidden))
+        # attention reads the first E slots: every valid key; a query at position p sees keys <= p
+        keys = torch.arange(E, device=pos.device)
+        allowed = keys[None, None, None, :] <= pos[:, None, :, None]  # [B, 1, M, E]
         mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, torch.finfo(x.dtype).min)
         cos_sin = self.rotary(x, pos)
-        cache = _SlotCache(self.kv, pos, kv_len)
+        cache = _SlotCache(self.kv, slot, E)
         lo = 0 if s == 0 else self.bounds[s - 1]
         if self._fused is not None:
             for fl in self._fused[lo : self.bounds[s]]:
@@ -284,7 +356,7 @@ class CachedLM:
                 x = layer(x, attention_mask=mask, position_ids=pos, position_embeddings=cos_sin, use_cache=True, **{self._cache_kw: cache})
                 if isinstance(x, tuple):
                     x = x[0]
-        self.hid[s].scatter_(1, pos[..., None].expand(B, M, self.hidden), x)
+        self.hid[s].scatter_(1, slot[..., None].expand(B, M, self.hidden), x)
 
 
 class RecomputeLM:
@@ -297,6 +369,7 @@ class RecomputeLM:
         p = _param(model)
         self.device, self.dtype = p.device, p.dtype
         self.n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+        self.max_positions = _max_positions(model)
         self.exits = {self.n_layers}
         self.forward_time = 0.0
 
