@@ -12,7 +12,12 @@ top-k (ties with the k-th value are kept), top-p (nucleus: the smallest set of m
 ties in id order, whose mass reaches ``top_p``), softmax in float64.
 
 ``temperature == 0`` is greedy decoding: the "distribution" is the point mass on the argmax (ties
-to the lowest id), and the engine verifies with the ``greedy`` scheme.
+to the lowest id), and the engine verifies with the ``greedy`` scheme.  A positive temperature, however
+small, is sampled exactly: logits are shifted by their maximum before the division, so nothing
+overflows; at ``1e-308`` the law is (to float64 precision) uniform on the ids tied at the maximum,
+which is the ``T -> 0`` limit (greedy's lowest-id tie-break is a choice made only at ``T = 0``).
+NaN or infinite logits make NaN rows, which the engine refuses (``SpeculativeDecoder``: a
+``ValueError`` naming the level, nothing emitted).
 """
 
 from __future__ import annotations
@@ -104,7 +109,10 @@ class Warp:
         if self.greedy:
             return torch.nn.functional.one_hot(x.argmax(-1), x.shape[-1]).to(torch.float64)
         if self.temperature != 1:
-            x = x / self.temperature
+            # subtract the row maximum BEFORE dividing: (x - max) / T <= 0 never overflows, so any
+            # T > 0, however small (1e-308, subnormals), gives the exactly rounded softmax; as T -> 0
+            # that is the uniform law on the tied maxima (greedy, T = 0, takes the lowest id instead)
+            x = (x - x.amax(-1, keepdim=True)) / self.temperature
         if self.top_k is not None and self.top_k < x.shape[-1]:
             kth = torch.topk(x, self.top_k, dim=-1).values[..., -1:]
             x = x.masked_fill(x < kth, float("-inf"))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
+
+from hsd_fast.engine.rng import reference_uniform
 
 
 @torch.no_grad()
@@ -16,3 +20,17 @@ def plain_greedy(model, ids, n):
         out.append(x)
         ids.append(x)
     return out
+
+
+class Replay(random.Random):
+    """``random.Random`` whose ``random()`` replays a row's engine stream (seed ``seed``, counters from
+    0) via the pure-Python twin ``reference_uniform``: hsd_ref driven by the engine's uniforms."""
+
+    def __init__(self, seed):
+        super().__init__(0)
+        self.row_seed, self.counter = seed, 0
+
+    def random(self):
+        u = reference_uniform(self.row_seed, self.counter)
+        self.counter += 1
+        return u

@@ -42,17 +42,20 @@ from typing import Callable, Sequence
 import torch
 
 from ..drafters import point_mass_rows
-from ..verify import KERNELS, draws_needed
+from ..verify import KERNELS, ROW_SUM_TOL, draws_needed
 from ..warp import Warp, sample_inverse_cdf
+from .config import _is_int_like, as_int, as_int_list, as_prompt_list
 from .levels import DrafterLevel, ModelLevel, resolve_levels
 from .metrics import LevelMetrics, Metrics
 from .rng import MAX_SEED, row_keys, uniforms
+from .vocab import VocabMap
 
 __all__ = ["SpeculativeDecoder", "GenerationResult", "generate", "ENGINE_SCHEMES", "default_thresholds"]
 
 # the single-draft schemes of hsd_fast.verify: any of them can verify any level (multi-draft schemes
 # need N drafts per position, which the level protocol does not produce)
 ENGINE_SCHEMES = tuple(name for name, spec in KERNELS.items() if not spec.multi_draft)
+_ROW_TOL = ROW_SUM_TOL[torch.float64]  # a probability row must sum to 1 within this
 
 
 def default_thresholds(n_verifiers: int, k: int = 4) -> tuple[int, ...]:
@@ -63,10 +66,51 @@ def default_thresholds(n_verifiers: int, k: int = 4) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
+def _name(level) -> str:
+    return getattr(level, "name", None) or type(level).__name__
+
+
+def _parse_schemes(scheme, n: int, temperature) -> tuple[tuple[str, ...], float]:
+    """One scheme per verifying level, and the temperature (0 when every level is greedy)."""
+    if isinstance(scheme, str):
+        named = [scheme]
+        schemes = [scheme] * n
+    elif isinstance(scheme, Sequence) and all(isinstance(s, str) for s in scheme):
+        named = schemes = list(scheme)
+        if len(schemes) != n:
+            raise ValueError(f"scheme: expected one name or {n} names (levels 1..{n}), got {len(schemes)}")
+    else:
+        raise ValueError(f"scheme: expected a scheme name or one name per verifying level, got {scheme!r}")
+    for i, s in enumerate(named):
+        if s not in ENGINE_SCHEMES:
+            raise ValueError(f"scheme: unknown or unsupported scheme {s!r} for level {i + 1}; the engine runs {', '.join(ENGINE_SCHEMES)}")
+    greedy_levels = [s == "greedy" for s in named]
+    if temperature == 0 or all(greedy_levels):
+        return ("greedy",) * n, 0
+    if any(greedy_levels):
+        raise ValueError("scheme: 'greedy' reproduces the argmax law; it cannot be mixed with sampling schemes (use temperature=0)")
+    return tuple(schemes), temperature
+
+
+def _parse_thresholds(thresholds, n: int) -> tuple[int, ...]:
+    """``T_0..T_{n-1}`` from None (default k = 4), an int k (the halving rule below it) or a tuple."""
+    if n == 0:
+        if thresholds not in (None, ()):
+            raise ValueError(f"thresholds: the target alone (autoregressive decoding) has no thresholds, got {thresholds!r}")
+        return ()
+    if thresholds is None:
+        return default_thresholds(n)
+    if _is_int_like(thresholds):
+        return default_thresholds(n, as_int(thresholds, "thresholds", 1))
+    if not isinstance(thresholds, Sequence) or isinstance(thresholds, str) or len(thresholds) != n:
+        raise ValueError(f"thresholds: expected an int k >= 1 or {n} ints >= 1 (T_0..T_{n - 1}), got {thresholds!r}")
+    return tuple(as_int_list(thresholds, "thresholds", 1))
+
+
 def _default_verify():
-    """``hsd_fast.verify.verify`` (the batched kernels) with data validation off: the engine builds
-    its probability rows itself (float64 softmax / one-hot rows), so the per-call row checks would
-    only add a device synchronisation."""
+    """``hsd_fast.verify.verify`` (the batched kernels) with data validation off: the engine checks
+    every probability row itself, once per forward (``SpeculativeDecoder._probs``), so the per-call
+    row checks would only add a device synchronisation."""
     from ..verify import verify
 
     def run(scheme, target_probs, draft_probs, draft_tokens, *, draws):
@@ -75,17 +119,19 @@ def _default_verify():
     return run
 
 
-def _append(seq: torch.Tensor, lens: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """A copy of ``seq`` with ``new[b, :]`` written at ``seq[b, lens[b]:]`` (grown if needed).
+def _grow(x: torch.Tensor, width: int) -> torch.Tensor:
+    """``x`` [B, W] with at least ``width`` columns (doubling, zero-filled), else ``x`` itself."""
+    if width <= x.shape[1]:
+        return x
+    return torch.cat([x, x.new_zeros(x.shape[0], max(width, 2 * x.shape[1]) - x.shape[1])], 1)
 
-    Entries past a row's length are garbage by convention, so all ``n`` columns are written."""
+
+def _append(seq: torch.Tensor, lens: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """A copy of ``seq`` [B, W] widened to ``W + n`` with ``new[b, :]`` [B, n] written at
+    ``seq[b, lens[b]:]`` (``lens <= W``; no device sync).  Entries past a row's length are garbage
+    by convention, so all ``n`` columns are written."""
     B, n = new.shape
-    need = int((lens + n).max()) if n else 0
-    if need > seq.shape[1]:
-        grow = max(need - seq.shape[1], seq.shape[1])
-        seq = torch.cat([seq, seq.new_zeros(B, grow)], 1)
-    else:
-        seq = seq.clone()
+    seq = torch.cat([seq, seq.new_zeros(B, n)], 1)
     if n:
         seq.scatter_(1, lens[:, None] + torch.arange(n, device=seq.device), new)
     return seq
@@ -153,56 +199,26 @@ class SpeculativeDecoder:
         for i, lvl in enumerate(self.levels):
             dev = getattr(lvl, "device", None)
             if dev is not None and torch.device(dev) != self.device:
-                raise ValueError(f"levels[{i}]: {lvl.name} is on {dev}, the target on {self.device}; pass device= to place every level together")
+                raise ValueError(f"levels[{i}]: {_name(lvl)} is on {dev}, the target on {self.device}; pass device= to place every level together")
 
-        schemes = [scheme] * n if isinstance(scheme, str) else list(scheme)
-        if len(schemes) != n:
-            raise ValueError(f"scheme: expected one name or {n} names (levels 1..{n}), got {len(schemes)}")
-        # the names given: one per verifying level (the target alone has none, but a name is checked)
-        named = schemes if n else ([scheme] if isinstance(scheme, str) else [])
-        for i, s in enumerate(named):
-            if s not in ENGINE_SCHEMES:
-                raise ValueError(f"scheme: unknown or unsupported scheme {s!r} for level {i + 1}; the engine runs {', '.join(ENGINE_SCHEMES)}")
-        greedy_levels = [s == "greedy" for s in named]
-        if temperature == 0 or (named and all(greedy_levels)):
-            schemes = ["greedy"] * n
-            temperature = 0
-        elif any(greedy_levels):
-            raise ValueError("scheme: 'greedy' reproduces the argmax law; it cannot be mixed with sampling schemes (use temperature=0)")
-        self.schemes = tuple(schemes)
+        self.schemes, temperature = _parse_schemes(scheme, n, temperature)
         self.warp = Warp(temperature, top_k, top_p, allowed_ids=allowed_ids, logits_processor=logits_processor)
         self.warp.check_vocab(self.vocab_size)
-        # Restricted vocabulary: with allowed_ids (and no logits processor, which needs the full
-        # logits) every probability row lives on the allowed set A.  The engine then works in the
-        # compressed vocabulary range(|A|) (LM heads compute only A's rows, verification runs on |A|
-        # columns) and maps ids back at the edges.  A drafter proposal outside A becomes the
-        # placeholder -1 with an all-zero draft row, which is exactly what the full-vocabulary
-        # computation does with it (target probability 0: rejected; residual = target row).
-        self.vocab_ids = None
-        self._to_comp = None
+        # Restricted vocabulary (hsd_fast.engine.vocab): with allowed_ids, no logits processor (it
+        # needs the full logits) and no custom level, the engine works on |A| + 1 columns.
         compressible = all(isinstance(lvl, (ModelLevel, DrafterLevel)) for lvl in self.levels)
-        if allowed_ids is not None and logits_processor is None and compressible:
-            self.vocab_ids = torch.tensor(self.warp.allowed_ids, dtype=torch.int64, device=self.device)
-            self._to_comp = torch.full((self.vocab_size,), -1, dtype=torch.int64, device=self.device)
-            self._to_comp[self.vocab_ids] = torch.arange(len(self.vocab_ids), device=self.device)
+        restrict = allowed_ids is not None and logits_processor is None and compressible
+        self.vocab = VocabMap(self.vocab_size, self.warp.allowed_ids if restrict else None, self.device)
+        if self.vocab.restricted:
+            for lvl in self.levels:
+                if isinstance(lvl, ModelLevel):
+                    lvl.vocab_ids = self.vocab.model_ids
             self.warp = Warp(temperature, top_k, top_p)
-        self.V = self.vocab_size if self.vocab_ids is None else len(self.vocab_ids)
-
-        if n == 0:
-            if thresholds not in (None, ()):
-                raise ValueError(f"thresholds: the target alone (autoregressive decoding) has no thresholds, got {thresholds!r}")
-            thresholds = ()
-        elif thresholds is None:
-            thresholds = default_thresholds(n)
-        elif isinstance(thresholds, int) and not isinstance(thresholds, bool):
-            if thresholds < 1:
-                raise ValueError(f"thresholds: k must be >= 1, got {thresholds}")
-            thresholds = default_thresholds(n, thresholds)
-        th = tuple(thresholds)
-        if len(th) != n or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in th):
-            raise ValueError(f"thresholds: expected {n} ints >= 1 (T_0..T_{n - 1}), got {thresholds!r}")
-        self.thresholds = th
+        self.V = self.vocab.V
+        self.thresholds = _parse_thresholds(thresholds, n)
         self.eos_ids = self._eos(eos_token_id)
+        if verify_fn is not None and not callable(verify_fn):
+            raise ValueError(f"verify_fn: expected a callable like hsd_fast.verify, got {verify_fn!r}")
         self.verify_fn = verify_fn if verify_fn is not None else _default_verify()
 
     # ------------------------------------------------------------------ configuration helpers
@@ -210,7 +226,9 @@ class SpeculativeDecoder:
     def _eos(self, eos_token_id) -> tuple[int, ...]:
         if eos_token_id is None:
             return ()
-        if eos_token_id == "auto":
+        if isinstance(eos_token_id, str):
+            if eos_token_id != "auto":
+                raise ValueError(f"eos_token_id: expected an id, a sequence of ids, None or 'auto', got {eos_token_id!r}")
             ids = getattr(self.tokenizer, "eos_token_id", None)
             if ids is None:
                 top = self.levels[-1]
@@ -219,16 +237,14 @@ class SpeculativeDecoder:
             if ids is None:
                 return ()
             eos_token_id = ids
-        ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-        for i in ids:
-            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size:
-                raise ValueError(f"eos_token_id: {i!r} is not an id in [0, {self.vocab_size})")
-        return tuple(ids)
+        if _is_int_like(eos_token_id):
+            eos_token_id = [eos_token_id]
+        return tuple(as_int_list(eos_token_id, "eos_token_id", 0, self.vocab_size - 1))
 
     def describe(self) -> str:
         parts = []
         for i, lvl in enumerate(self.levels):
-            s = lvl.name
+            s = _name(lvl)
             if i < self.n:
                 s += f" (T={self.thresholds[i]})"
             if i > 0:
@@ -237,23 +253,14 @@ class SpeculativeDecoder:
         return " -> ".join(parts) + f"; {self.warp!r}"
 
     def encode(self, prompts) -> list[list[int]]:
-        if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        if not isinstance(prompts, Sequence) or len(prompts) == 0:
-            raise ValueError(f"prompts: expected a non-empty list of strings or token-id lists, got {prompts!r}")
         out = []
-        for i, p in enumerate(prompts):
+        for i, p in enumerate(as_prompt_list(prompts)):
             if isinstance(p, str):
                 if self.tokenizer is None:
                     raise ValueError(f"prompts[{i}]: a text prompt needs a tokenizer (pass tokenizer= or token ids)")
                 ids = list(self.tokenizer(p, add_special_tokens=False)["input_ids"]) if p else []
-            elif isinstance(p, torch.Tensor):
-                ids = [int(x) for x in p.reshape(-1)]
             else:
-                try:
-                    ids = [int(x) for x in p]
-                except (TypeError, ValueError):
-                    raise ValueError(f"prompts[{i}]: expected a string or a sequence of token ids, got {p!r}") from None
+                ids = as_int_list(p, f"prompts[{i}]")
             if not ids:
                 raise ValueError(f"prompts[{i}]: empty prompt (at least one token is needed to condition on)")
             bad = [x for x in ids if not 0 <= x < self.vocab_size]
@@ -262,14 +269,39 @@ class SpeculativeDecoder:
             out.append(ids)
         return out
 
+    def _check_context_length(self, ids: list[list[int]], max_new_tokens: int) -> None:
+        need = max(map(len, ids)) + max_new_tokens
+        for i, lvl in enumerate(self.levels):
+            limit = getattr(lvl, "max_positions", None)
+            if limit is not None and need > limit:
+                raise ValueError(
+                    f"max_new_tokens: the longest prompt ({need - max_new_tokens} tokens) + max_new_tokens "
+                    f"({max_new_tokens}) = {need} exceeds the context length {limit} of levels[{i}] ({_name(lvl)})"
+                )
+
     # ------------------------------------------------------------------ the step loop
 
-    def _real(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Engine ids -> model ids (identity unless the vocabulary is restricted; -1 -> any id)."""
-        return tokens if self.vocab_ids is None else self.vocab_ids[tokens.clamp(min=0)]
+    def _probs(self, level: int, seq, lens, n_out: int, active):
+        """Level ``level``'s warped rows, on the engine's vocabulary, checked.  -> [B, n_out, V]"""
+        lvl = self.levels[level]
+        p = lvl.probs(seq, lens, n_out, self.warp)
+        want = (seq.shape[0], n_out, self.vocab.level_width)
+        if not isinstance(p, torch.Tensor) or tuple(p.shape) != want or p.dtype != torch.float64:
+            got = f"{tuple(p.shape)} {p.dtype}" if isinstance(p, torch.Tensor) else type(p).__name__
+            raise ValueError(f"levels[{level}]: {_name(lvl)}.probs returned {got}, expected a float64 tensor of shape {want}")
+        p = self.vocab.pad(p)
+        # finite, non-negative rows summing to 1 (one reduction; read at the iteration's sync)
+        bad = ~((p.sum(-1) - 1).abs() <= _ROW_TOL) | (p.amin(-1) < 0)  # [B, n_out]; NaN counts as bad
+        self._bad[level] |= (bad.any(-1) & active).any()
+        return p
 
-    def _probs(self, level: int, seq, lens, n_out):
-        return self.levels[level].probs(seq, lens, n_out, self.warp, vocab_ids=self.vocab_ids)
+    def _raise_bad_rows(self) -> None:
+        level = int(torch.nonzero(self._bad)[0, 0])
+        raise ValueError(
+            f"levels[{level}]: {_name(self.levels[level])} produced a probability row that is not finite, "
+            "non-negative and normalised (NaN or inf logits, e.g. an fp16 overflow or a logits_processor "
+            "returning NaN, or a custom level's bad rows); nothing from this iteration was emitted"
+        )
 
     def _draws(self, n: int, active: torch.Tensor) -> torch.Tensor:
         """``n`` uniforms per row from each row's own stream; only active rows advance.  # [B, n]"""
@@ -283,15 +315,13 @@ class SpeculativeDecoder:
         lvl = self.levels[0]
         if isinstance(lvl, DrafterLevel):
             self._draws(T, active)  # keep hsd_ref's draw layout: one uniform per level-0 token
-            toks = lvl.propose(seq, lens, T)
-            if self._to_comp is not None:
-                toks = self._to_comp[toks]
+            toks = self.vocab.to_engine(lvl.propose(seq, lens, T))
             return toks, point_mass_rows(toks, self.V)
         toks, rows = [], []
         for _ in range(T):
-            q = self._probs(0, seq, lens, 1)[:, 0]  # [B, V]
+            q = self._probs(0, seq, lens, 1, active)[:, 0]  # [B, V]
             x = sample_inverse_cdf(q, self._draws(1, active)[:, 0])
-            seq = _append(seq, lens, self._real(x)[:, None])
+            seq = _append(seq, lens, self.vocab.to_model(x)[:, None])
             lens = lens + 1
             toks.append(x)
             rows.append(q)
@@ -300,8 +330,8 @@ class SpeculativeDecoder:
     def _verify(self, level, seq, lens, d_tok, d_prob, active):
         """Level ``level`` scores ``d_tok`` after each row's context in ONE forward and verifies it."""
         T = d_tok.shape[1]
-        x = _append(seq, lens, self._real(d_tok))
-        p = self._probs(level, x, lens + T, T + 1)  # [B, T + 1, V]
+        x = _append(seq, lens, self.vocab.to_model(d_tok))
+        p = self._probs(level, x, lens + T, T + 1, active)  # [B, T + 1, V]
         u = self._draws(T + 1, active)  # the layout is scheme-independent; greedy uses none of them
         scheme = self.schemes[level - 1]
         t0 = time.perf_counter()
@@ -326,16 +356,19 @@ class SpeculativeDecoder:
         cols = torch.arange(T_low + 1, device=dev)
         while True:
             need = active & (filled < T)
-            if not bool(need.any()):
+            more, bad = torch.stack([need.any(), self._bad.any()]).tolist()  # one sync per round
+            if bad:
+                self._raise_bad_rows()
+            if not more:
                 break
-            ctx = _append(seq, lens, self._real(buf))  # context + buffer (garbage past lens + filled)
+            ctx = _append(seq, lens, self.vocab.to_model(buf))  # context + buffer (garbage past lens + filled)
             d_tok, d_prob = self._batch(level - 1, ctx, lens + filled, need)
             out, nacc, p = self._verify(level, ctx, lens + filled, d_tok, d_prob, need)
             count = torch.where(need, nacc + 1, torch.zeros_like(nacc))
             # all T_low + 1 columns are written at filled..: those past filled + count are overwritten by
             # the next call (or lie past T), so nothing needs masking (cap leaves room for them)
             dst = filled[:, None] + cols
-            buf.scatter_(1, dst, out)
+            buf.scatter_(1, dst, out.clamp(min=0))
             buf_p.scatter_(1, dst[..., None].expand(-1, -1, self.V), p)
             filled = filled + count
         return buf[:, :T], buf_p[:, :T]
@@ -353,7 +386,7 @@ class SpeculativeDecoder:
         m.rejections += int(((nacc < T).to(torch.int64) * a).sum())
         tested = (torch.arange(T, device=p.device)[None, :] <= nacc[:, None]) & active[:, None]  # [B, T]
         if isinstance(self.levels[level - 1], DrafterLevel):  # point masses: sum_v min(p, q) = p(proposal)
-            overlap = p[:, :T].gather(-1, d_tok.clamp(min=0)[..., None])[..., 0] * (d_tok >= 0)  # [B, T]
+            overlap = p[:, :T].gather(-1, d_tok[..., None])[..., 0]  # [B, T]
         else:
             overlap = torch.minimum(p[:, :T], d_prob).sum(-1)  # [B, T]
         m.minpq_sum += float((overlap * tested).sum())
@@ -397,7 +430,7 @@ class SpeculativeDecoder:
         """One target iteration: a batch from level n-1, one target verification (or, with the
         target alone, one autoregressive token from one uniform)."""
         if self.n == 0:
-            q = self._probs(0, ctx, lens, 1)[:, 0]  # [B, V]
+            q = self._probs(0, ctx, lens, 1, active)[:, 0]  # [B, V]
             x = sample_inverse_cdf(q, self._draws(1, active)[:, 0])
             self.metrics.levels[0].rounds += int(active.sum())
             return x[:, None], torch.zeros_like(x)
@@ -419,22 +452,23 @@ class SpeculativeDecoder:
         """Generate for a batch of prompts (strings or token-id lists of any lengths).
 
         ``seeds[b]`` seeds row ``b`` (default ``seed + b``); ``on_tokens(new)`` is called after every
-        target iteration with each row's newly emitted tokens (streaming).
+        target iteration with each row's newly emitted tokens (streaming).  Memory and per-step cost
+        grow with the tokens actually generated, not with ``max_new_tokens`` (docs/engine.md).
         """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
+        max_new_tokens = as_int(max_new_tokens, "max_new_tokens", 1)
+        if on_tokens is not None and not callable(on_tokens):
+            raise ValueError(f"on_tokens: expected a callable taking each row's new tokens, got {on_tokens!r}")
         ids = self.encode(prompts)
         B = len(ids)
         if seeds is None:
-            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+            seed = as_int(seed, "seed", 0, MAX_SEED - B + 1)
             seeds = [seed + b for b in range(B)]
-        seeds = list(seeds)
+        elif _is_int_like(seeds):
+            raise ValueError(f"seeds: expected one seed per prompt (a sequence of {B} ints), got {seeds!r}; use seed= for one base seed")
+        seeds = as_int_list(seeds, "seeds", 0, MAX_SEED)
         if len(seeds) != B:
             raise ValueError(f"seeds: expected {B} seeds (one per prompt), got {len(seeds)}")
-        for b, s in enumerate(seeds):
-            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-                raise ValueError(f"seeds[{b}]: expected an int in [0, 2**63), got {s!r}")
+        self._check_context_length(ids, max_new_tokens)
         dev = self.device
         for lvl in self.levels:
             be = getattr(lvl, "backend", None)
@@ -442,10 +476,11 @@ class SpeculativeDecoder:
                 be.reset()
         self._keys = row_keys(torch.tensor(seeds, dtype=torch.int64, device=dev))
         self._counters = torch.zeros(B, dtype=torch.int64, device=dev)
+        self._bad = torch.zeros(len(self.levels), dtype=torch.bool, device=dev)
         self.metrics = Metrics(
             [
                 LevelMetrics(
-                    lvl.name,
+                    _name(lvl),
                     "target" if i == self.n else getattr(lvl, "kind", "model"),
                     None if i == 0 else self.schemes[i - 1],
                     None if i == self.n else self.thresholds[i],
@@ -460,11 +495,12 @@ class SpeculativeDecoder:
 
         lens = torch.tensor([len(x) for x in ids], dtype=torch.int64, device=dev)
         K1 = (self.thresholds[-1] if self.n else 0) + 1
-        S = int(lens.max()) + max_new_tokens + K1  # room for a full unkept row past any length
-        ctx = torch.zeros(B, S, dtype=torch.int64, device=dev)
-        for b, x in enumerate(ids):
-            ctx[b, : len(x)] = torch.tensor(x, dtype=torch.int64)
-        gen = torch.zeros(B, max_new_tokens + K1, dtype=torch.int64, device=dev)
+        # ctx and gen grow with the tokens generated (never sized by max_new_tokens up front); the
+        # host tracks an upper bound of the longest row, so growing needs no device sync
+        longest = max(map(len, ids))
+        width = longest + 4 * K1
+        ctx = torch.tensor([x + [0] * (width - len(x)) for x in ids], dtype=torch.int64, device=dev)
+        gen = torch.zeros(B, 4 * K1, dtype=torch.int64, device=dev)
         gen_len = torch.zeros(B, dtype=torch.int64, device=dev)
         active = torch.ones(B, dtype=torch.bool, device=dev)
         hit_eos = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -480,9 +516,10 @@ class SpeculativeDecoder:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         self.metrics.prefill_s = time.perf_counter() - t0
+        emitted = 0  # upper bound of every live row's gen_len
         while rows.numel():
             out, nacc = self._iteration(ctx, lens, active)
-            out = self._real(out)
+            out = self.vocab.to_model(out)
             count = torch.where(active, nacc + 1, torch.zeros_like(nacc))
             count = torch.minimum(count, max_new_tokens - gen_len)
             if eos is not None:
@@ -491,25 +528,32 @@ class SpeculativeDecoder:
                 first = is_eos.to(torch.int64).argmax(1)
                 count = torch.where(any_eos, first + 1, count)
                 hit_eos |= any_eos
+            if emitted + 2 * K1 > min(gen.shape[1], ctx.shape[1] - longest):  # the bound ran out: read the real lengths (rare)
+                emitted = int(gen_len.max())
+                gen, ctx = _grow(gen, emitted + 2 * K1), _grow(ctx, longest + emitted + 2 * K1)
+            emitted += K1
             keep = cols[None, :] < count[:, None]
             # unique destinations per row (no clamping), so the scatter has no write conflicts
             dst = gen_len[:, None] + cols
             gen.scatter_(1, dst, torch.where(keep, out, gen.gather(1, dst)))
             cdst = lens[:, None] + cols
             ctx.scatter_(1, cdst, torch.where(keep, out, ctx.gather(1, cdst)))
+            gen_len += count
+            lens += count
+            active &= ~hit_eos & (gen_len < max_new_tokens)
+            all_active, *bad = torch.cat([active.all()[None], self._bad]).tolist()  # the iteration's one sync
+            if any(bad):
+                self._raise_bad_rows()
             if on_tokens is not None:
                 new: list = [[] for _ in range(B)]
                 for j, r in enumerate(rows.tolist()):
                     new[r] = out[j, : int(count[j])].tolist()
                 on_tokens(new)
-            gen_len += count
-            lens += count
-            active &= ~hit_eos & (gen_len < max_new_tokens)
-            if not bool(active.all()):  # retire finished rows: no forward runs for them again
-                for j in torch.nonzero(~active)[:, 0].tolist():
-                    r = int(rows[j])
-                    tokens[r] = gen[j, : int(gen_len[j])].tolist()
-                    reasons[r] = "eos" if bool(hit_eos[j]) else "length"
+            if not all_active:  # retire finished rows: no forward runs for them again
+                done = torch.nonzero(~active)[:, 0]
+                for r, row, n_gen, eos_hit in zip(*(x[done].tolist() for x in (rows, gen, gen_len, hit_eos))):
+                    tokens[r] = row[:n_gen]
+                    reasons[r] = "eos" if eos_hit else "length"
                 live = torch.nonzero(active)[:, 0]
                 ctx, lens, gen, gen_len, active, hit_eos, rows = (x[live] for x in (ctx, lens, gen, gen_len, active, hit_eos, rows))
                 self._keys, self._counters = self._keys[live], self._counters[live]
@@ -521,9 +565,10 @@ class SpeculativeDecoder:
         m.wall_time_s = wall
         m.new_tokens = sum(len(t) for t in tokens)
         for lm, lvl in zip(m.levels, self.levels):
-            lm.calls, lm.time_s = lvl.calls, lvl.time_s
+            lm.calls, lm.time_s = getattr(lvl, "calls", 0), getattr(lvl, "time_s", 0.0)
             lm.by_positions = {k: list(v) for k, v in getattr(lvl, "by_positions", {}).items()}
-        m.target_calls = self.levels[-1].calls
+        m.target_calls = m.levels[-1].calls
+        m.target_rounds = m.levels[-1].rounds
         texts = None
         if self.tokenizer is not None:
             texts = [self.tokenizer.decode(t) for t in tokens]

@@ -12,7 +12,13 @@ drafter* (only as level 0).  Specifications accepted by :func:`resolve_levels`, 
 * a model name or local directory, loaded with ``hsd_fast.models.load(name, dtype=, device=)``;
   ``"NAME@int8"`` loads a separate copy with weight-only int8 linear layers
   (:func:`hsd_fast.quant.quantize_int8`, for drafts);
-* any object with ``vocab_size`` and ``probs(seq, lens, n_out, warp)`` (a custom level).
+* a :class:`hsd_fast.engine.tables.TableModel` (exact ``hsd_ref.TableLM`` conditionals per depth:
+  the level kind of the engine's exact and statistical checks), alone or inside :class:`EarlyExit`;
+* any object that meets :class:`Level` (a custom level): ``vocab_size`` and
+  ``probs(seq, lens, n_out, warp) -> [B, n_out, V]`` float64 rows.  The engine calls exactly that
+  signature, checks the shape and dtype of every answer, and checks that every row of an active
+  batch row is finite, non-negative and sums to 1 (docs/engine.md).  A custom level always sees the
+  full vocabulary (``allowed_ids`` is applied by ``warp``, which it should call on its logits).
 
 The same model object used twice (e.g. ``EarlyExit(m, 4)`` and ``m``) is driven by ONE backend, so
 its views share their cache.
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -30,8 +36,23 @@ from ..drafters import Drafter, NGramDrafter, fill_placeholders
 from ..quant import QUANTIZATIONS, is_quantized, quantize_int8
 from ..warp import Warp
 from .backend import CachedLM, RecomputeLM, supports_cached
+from .tables import TableBackend, TableModel
 
-__all__ = ["EarlyExit", "ModelLevel", "DrafterLevel", "resolve_levels"]
+__all__ = ["EarlyExit", "Level", "ModelLevel", "DrafterLevel", "resolve_levels"]
+
+
+@runtime_checkable
+class Level(Protocol):
+    """What the engine asks of a level that has a distribution (every level but a drafter).
+
+    ``probs(seq, lens, n_out, warp)``: ``seq`` [B, S] int64 (row ``b``'s context is
+    ``seq[b, :lens[b]]``, entries past it are garbage), ``lens`` [B] int64 ``>= n_out``; returns
+    [B, n_out, V] float64, the warped next-token laws after the prefixes of lengths
+    ``lens[b] - n_out + 1 .. lens[b]``.  A row's answer must depend on its own context only."""
+
+    vocab_size: int
+
+    def probs(self, seq: torch.Tensor, lens: torch.Tensor, n_out: int, warp: Warp) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -57,15 +78,17 @@ class ModelLevel:
         self.calls = 0
         self.time_s = 0.0
         self.by_positions: dict[int, list] = {}  # positions scored -> [calls, seconds]
+        self.vocab_ids: torch.Tensor | None = None  # a restricted vocabulary's model ids (set by the decoder)
+        self.max_positions = getattr(backend, "max_positions", None)
 
     def __repr__(self) -> str:
         return f"<level {self.name}>"
 
-    def probs(self, seq: torch.Tensor, lens: torch.Tensor, n_out: int, warp: Warp, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def probs(self, seq: torch.Tensor, lens: torch.Tensor, n_out: int, warp: Warp) -> torch.Tensor:
         """[B, S], [B] -> [B, n_out, V] float64: the warped next-token laws at the last n_out positions
-        (over ``vocab_ids`` only, in that order, when given)."""
+        (over ``self.vocab_ids`` only, in that order, when the decoder restricted the vocabulary)."""
         t0 = time.perf_counter()
-        out = warp.probs(self.backend.logits(self.depth, seq, lens, n_out, vocab_ids=vocab_ids))
+        out = warp.probs(self.backend.logits(self.depth, seq, lens, n_out, vocab_ids=self.vocab_ids))
         dt = time.perf_counter() - t0
         self.time_s += dt
         self.calls += 1
@@ -192,6 +215,8 @@ def resolve_levels(
 
     def backend_for(model):
         key = id(model)
+        if key not in backends and isinstance(model, TableModel):
+            backends[key] = TableBackend(model, device=device)
         if key not in backends:
             model = prepare(model)
             if cache == "recompute" or (cache == "auto" and supports_cached(model) is not None):
@@ -233,11 +258,15 @@ def resolve_levels(
                 raise ValueError(f"levels[{i}]: EarlyExit layers must be an int in [1, {be.n_layers}], got {layers!r}")
             levels.append(ModelLevel(be, layers, f"{be.name}[:{layers}]"))
             continue
-        if isinstance(spec, torch.nn.Module):
+        if isinstance(spec, (torch.nn.Module, TableModel)):
             be = backend_for(spec)
             levels.append(ModelLevel(be, be.n_layers, be.name))
             continue
-        if hasattr(spec, "probs") and hasattr(spec, "vocab_size"):
+        if isinstance(spec, Level):
+            if not isinstance(spec.vocab_size, int) or isinstance(spec.vocab_size, bool) or spec.vocab_size < 1:
+                raise ValueError(f"levels[{i}]: a custom level's vocab_size must be an int >= 1, got {spec.vocab_size!r}")
+            if not callable(spec.probs):
+                raise ValueError(f"levels[{i}]: a custom level's probs must be callable")
             levels.append(spec)
             continue
         raise ValueError(f"levels[{i}]: cannot interpret {spec!r} as a level (drafter, model, EarlyExit, name or custom level)")
@@ -247,7 +276,7 @@ def resolve_levels(
     for i, lvl in enumerate(levels):
         if lvl.vocab_size != vocab:
             raise ValueError(
-                f"levels[{i}]: vocabulary size {lvl.vocab_size} of {lvl.name} differs from the target's {vocab}; "
+                f"levels[{i}]: vocabulary size {lvl.vocab_size} of {getattr(lvl, 'name', type(lvl).__name__)} differs from the target's {vocab}; "
                 "every level must share the target's vocabulary"
             )
     tokenizer = None

@@ -87,7 +87,7 @@ class Metrics:
     levels: list[LevelMetrics]
     new_tokens: int = 0
     wall_time_s: float = 0.0
-    target_rounds: int = 0  # target verification rounds, per active row
+    target_rounds: int = 0  # target verification rounds, per active row (= levels[-1].rounds)
     target_calls: int = 0  # batched target forward calls during decoding (the prefill is not one)
     prefill_s: float = 0.0  # the prompts' prefill on every caching backend (part of wall_time_s)
 
@@ -124,6 +124,7 @@ class Metrics:
             "tokens_per_s": self.tokens_per_s,
             "tokens_per_target_call": self.tokens_per_target_call,
             "target_calls": self.target_calls,
+            "target_rounds": self.target_rounds,
             "prefill_s": self.prefill_s,
             "decode_s": self.decode_s,
             "verify_s": self.verify_s,

@@ -4,7 +4,7 @@ Each float64 probability is converted to a ``Fraction`` exactly (every float is 
 and each row is renormalised exactly, so the only difference from the float kernel is the
 renormalisation of rows whose float sum is not exactly 1.  Uniforms are converted exactly as well.
 Slow (pure Python, O(B * K * V) Fractions): a cross-check for tests on small vocabularies (pass it as
-``SpeculativeDecoder(..., verify_fn=exact_verify)``, or use :func:`hsd_fast.toy.ref_verify` for toy models).
+``SpeculativeDecoder(..., verify_fn=exact_verify)``, or :func:`hsd_fast.fidelity.multidraft.ref_verify` for toy models).
 """
 
 from __future__ import annotations

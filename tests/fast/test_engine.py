@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 from fractions import Fraction
 
 import pytest
 import torch
 
 from hsd_fast.drafters import NGramDrafter, fill_placeholders, point_mass_rows
-from hsd_fast.engine import CachedLM, EarlyExit, SpeculativeDecoder, generate
+from hsd_fast.engine import ENGINE_SCHEMES, CachedLM, EarlyExit, SpeculativeDecoder, generate
 from hsd_fast.engine.refverify import exact_row, exact_verify
 from hsd_fast.engine.rng import reference_uniform, row_keys, uniforms
 from hsd_fast.tiny import tiny_llama, tiny_pair
@@ -33,7 +32,7 @@ from hsd_fast.warp import Warp, sample_inverse_cdf
 from hsd_ref import TableLM
 from hsd_ref.registry import get_scheme
 from hsd_ref.schemes.hierarchy import Hierarchy
-from tests.helpers import plain_greedy
+from tests.helpers import Replay, plain_greedy
 
 F64 = torch.float64
 PROMPTS = ["hello world, hello wor", "abc", "the quick brown fox jumps over the lazy dog; the quick"]
@@ -74,19 +73,6 @@ def table_lm(model, prompt_ids, warp, vocab):
         return exact_row(warp.probs(logits))
 
     return TableLM(vocab, fn, "hf")
-
-
-class Replay(random.Random):
-    """``random.Random`` whose ``random()`` replays a row's engine stream via the pure-Python twin."""
-
-    def __init__(self, seed):
-        super().__init__(0)
-        self.row_seed, self.counter = seed, 0
-
-    def random(self):
-        u = reference_uniform(self.row_seed, self.counter)
-        self.counter += 1
-        return u
 
 
 # ############################################################ counter-based uniforms
@@ -530,16 +516,16 @@ def test_cli_generate_on_a_local_model(models, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("levels_of", [lambda d, t: ["ngram", t], lambda d, t: [NGramDrafter(2), d, EarlyExit(t, 2), t], lambda d, t: [d, t]])
-@pytest.mark.parametrize("scheme", ["tokenwise", "block"])
+@pytest.mark.parametrize("scheme", ENGINE_SCHEMES)
 def test_restricted_vocabulary_equals_full_vocabulary(models, levels_of, scheme):
-    """allowed_ids runs the engine in the compressed vocabulary; an identity logits processor forces
-    the full-vocabulary path.  Same seeds -> the same tokens."""
+    """allowed_ids runs the engine in the compressed vocabulary (|A| ids + the sink); an identity
+    logits processor forces the full-vocabulary path.  Same seeds -> the same tokens, every scheme."""
     draft, target, tok = models
     allowed = [3 + i for i in range(0, 90, 7)] + ids_of(tok, "lo")
     kw = dict(scheme=scheme, thresholds=3, allowed_ids=allowed, tokenizer=tok, eos_token_id=None)
     small = SpeculativeDecoder(levels_of(draft, target), **kw)
     full = SpeculativeDecoder(levels_of(draft, target), logits_processor=lambda x: x, **kw)
-    assert small.V == len(set(allowed)) and full.V == full.vocab_size
+    assert small.V == len(set(allowed)) + 1 and full.V == full.vocab_size
     a = small.generate(PROMPTS, max_new_tokens=12, seeds=[4, 5, 6]).tokens
     b = full.generate(PROMPTS, max_new_tokens=12, seeds=[4, 5, 6]).tokens
     assert a == b

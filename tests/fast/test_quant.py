@@ -59,12 +59,16 @@ def test_fused_cpu_kernel_agrees_with_the_dequantised_product():
 
 
 def test_rows_is_the_restricted_head():
+    """The restricted head computes the full head's columns ``ids`` (a product of a different shape:
+    equal up to float32 rounding, not bitwise; the weights are seeded, not the global stream's)."""
     gen = torch.Generator().manual_seed(2)
-    lin = torch.nn.Linear(6, 10, bias=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        lin = torch.nn.Linear(6, 10, bias=True)
     q = Int8Linear(lin)
     ids = torch.tensor([7, 0, 3])
     x = torch.randn(2, 6, generator=gen)
-    assert torch.equal(q.rows(ids)(x), q(x)[:, ids])
+    assert torch.allclose(q.rows(ids)(x), q(x)[:, ids], rtol=1e-6, atol=1e-6)
 
 
 def test_quantize_replaces_every_linear_and_keeps_embeddings():
@@ -107,7 +111,7 @@ def test_quantized_draft_restricted_vocabulary_equals_full():
     kw = dict(thresholds=3, tokenizer=tok, eos_token_id=None, allowed_ids=allowed)
     small = SpeculativeDecoder([draft, target], **kw)
     full = SpeculativeDecoder([draft, target], logits_processor=lambda x: x, **kw)  # disables the compression
-    assert small.vocab_ids is not None and full.vocab_ids is None
+    assert small.vocab.restricted and not full.vocab.restricted
     a = small.generate(["abc", "hgf"], max_new_tokens=10, seeds=[3, 4]).tokens
     b = full.generate(["abc", "hgf"], max_new_tokens=10, seeds=[3, 4]).tokens
     assert a == b
