@@ -21,7 +21,7 @@ from fractions import Fraction
 from typing import Iterable, Sequence
 
 from .enumerate import iteration_law, reference_model, sequence_law
-from .exact import HSDInputError, one_hot
+from .exact import HSDInputError, as_list, one_hot
 from .models import TableLM, check_context, check_pair
 from .scheme import Scheme, check_k
 
@@ -134,20 +134,11 @@ class LosslessReport:
         return head + ("\n" + str(self.counterexample) if self.counterexample else "")
 
 
-def _int_entries(values: object, name: str) -> tuple:
-    if isinstance(values, (str, bytes)):
-        raise HSDInputError(f"{name}: expected a sequence of ints, got {type(values).__name__}")
-    try:
-        return tuple(values)  # type: ignore[arg-type]
-    except TypeError:
-        raise HSDInputError(f"{name}: expected a sequence of ints, got {values!r}") from None
-
-
 def instance_family(vocab_sizes: Sequence[int] = (2, 3), ks: Sequence[int] = (1, 2, 3), instances: int = 3, seed: int = 0) -> list[Instance]:
     """The seeded family of instances, smallest first: for each ``(V, k)`` the context-free toy pair
     (V = 2), draft == target, a point-mass draft against a target with zeros, then ``instances``
     random context-dependent pairs.  Empty ``vocab_sizes`` or ``ks`` give the empty family."""
-    vocab_sizes, ks = _int_entries(vocab_sizes, "vocab_sizes"), _int_entries(ks, "ks")
+    vocab_sizes, ks = tuple(as_list(vocab_sizes, "vocab_sizes", "a sequence of ints")), tuple(as_list(ks, "ks", "a sequence of ints"))
     for V in vocab_sizes:
         if isinstance(V, bool) or not isinstance(V, int) or V < 1:
             raise HSDInputError(f"vocab_sizes: every entry must be an int >= 1, got {V!r}")
@@ -214,7 +205,7 @@ def check_lossless(
     if isinstance(instances, int) and not isinstance(instances, bool):
         if instances < 0:
             raise HSDInputError(f"instances: expected a count >= 0 or an iterable of Instance, got {instances}")
-        vocab_sizes, ks = _int_entries(vocab_sizes, "vocab_sizes"), _int_entries(ks, "ks")
+        vocab_sizes, ks = tuple(as_list(vocab_sizes, "vocab_sizes", "a sequence of ints")), tuple(as_list(ks, "ks", "a sequence of ints"))
         for name, values in (("vocab_sizes", vocab_sizes), ("ks", ks)):
             if not values:
                 raise HSDInputError(f"{name}: empty, so the family has no instances and nothing would be checked")

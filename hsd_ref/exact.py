@@ -28,6 +28,7 @@ __all__ = [
     "Dist",
     "HSDInputError",
     "as_dist",
+    "as_list",
     "as_fraction",
     "from_floats",
     "normalize",
@@ -61,6 +62,16 @@ def as_fraction(x: object, name: str) -> Fraction:
     if isinstance(x, numbers.Rational):
         return Fraction(x.numerator, x.denominator)
     raise HSDInputError(f"{name}: expected an exact Fraction or int, got {type(x).__name__} {x!r}")
+
+
+def as_list(obj: object, name: str, what: str) -> list:
+    """``obj`` as a list (a str or bytes is refused: it is never a sequence of ids or rows)."""
+    if isinstance(obj, (str, bytes)):
+        raise HSDInputError(f"{name}: expected {what}, got {type(obj).__name__}")
+    try:
+        return list(obj)  # type: ignore[call-overload]
+    except TypeError:
+        raise HSDInputError(f"{name}: expected {what}, got {obj!r}") from None
 
 
 def as_dist(values: Iterable[object], name: str, vocab_size: int | None = None) -> Dist:

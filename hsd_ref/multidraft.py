@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
 
-from .exact import Dist, HSDInputError, as_dist, normalize, positive_part, sample_index
+from .exact import Dist, HSDInputError, as_dist, as_list, normalize, positive_part, sample_index
 from .models import TableLM, check_context, check_pair
 from .scheme import PLACEHOLDER, JointLawMixin, VerifyResult, check_draws, check_k, law_add
 
@@ -288,21 +288,12 @@ class MultiDraftScheme(JointLawMixin):
         return VerifyResult(tuple(accepted) + (v,), k, True, cands[0] if k else None)
 
 
-def _seq(obj: object, name: str, what: str) -> list:
-    if isinstance(obj, (str, bytes)):
-        raise HSDInputError(f"{name}: expected {what}, got {type(obj).__name__}")
-    try:
-        return list(obj)  # type: ignore[call-overload]
-    except TypeError:
-        raise HSDInputError(f"{name}: expected {what}, got {obj!r}") from None
-
-
 def check_multi_inputs(target_probs, draft_probs, draft_tokens, n_drafts: int):
     """Validate multi-draft verify inputs; return (target rows [N][K+1], draft rows [N][K], tokens [N][K])."""
-    slots = _seq(draft_tokens, "draft_tokens", "N sequences of draft token ids")
+    slots = as_list(draft_tokens, "draft_tokens", "N sequences of draft token ids")
     if len(slots) != n_drafts:
         raise HSDInputError(f"draft_tokens: has {len(slots)} drafts, expected n_drafts = {n_drafts}")
-    tokens = [tuple(_seq(s, f"draft_tokens[{j}]", "a sequence of token ids")) for j, s in enumerate(slots)]
+    tokens = [tuple(as_list(s, f"draft_tokens[{j}]", "a sequence of token ids")) for j, s in enumerate(slots)]
     k = len(tokens[0])
     for j, row in enumerate(tokens):
         if len(row) != k:
@@ -312,16 +303,16 @@ def check_multi_inputs(target_probs, draft_probs, draft_tokens, n_drafts: int):
         for t, x in enumerate(row):
             if isinstance(x, bool) or not isinstance(x, int):
                 raise HSDInputError(f"draft_tokens[{j}][{t}]: expected an int id, got {x!r}")
-    t_list = _seq(target_probs, "target_probs", "N x (K + 1) rows")
+    t_list = as_list(target_probs, "target_probs", "N x (K + 1) rows")
     if len(t_list) != n_drafts:
         raise HSDInputError(f"target_probs: has {len(t_list)} drafts, expected n_drafts = {n_drafts}")
-    d_list = _seq(draft_probs, "draft_probs", "N x K rows")
+    d_list = as_list(draft_probs, "draft_probs", "N x K rows")
     if len(d_list) != n_drafts:
         raise HSDInputError(f"draft_probs: has {len(d_list)} drafts, expected n_drafts = {n_drafts}")
     vocab = None
     t_rows, d_rows = [], []
     for j in range(n_drafts):
-        rows = _seq(t_list[j], f"target_probs[{j}]", "K + 1 rows")
+        rows = as_list(t_list[j], f"target_probs[{j}]", "K + 1 rows")
         if len(rows) != k + 1:
             raise HSDInputError(
                 f"target_probs[{j}]: has {len(rows)} rows, expected K + 1 = {k + 1} for {k} draft tokens"
@@ -332,7 +323,7 @@ def check_multi_inputs(target_probs, draft_probs, draft_tokens, n_drafts: int):
             vocab = len(out[-1])
         t_rows.append(out)
     for j in range(n_drafts):
-        rows = _seq(d_list[j], f"draft_probs[{j}]", "K rows")
+        rows = as_list(d_list[j], f"draft_probs[{j}]", "K rows")
         if len(rows) != k:
             raise HSDInputError(f"draft_probs[{j}]: has {len(rows)} rows, expected K = {k}")
         d_rows.append([as_dist(r, f"draft_probs[{j}][{t}]", vocab) for t, r in enumerate(rows)])

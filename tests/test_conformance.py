@@ -61,3 +61,20 @@ def test_exemptions_name_registered_schemes_and_every_kernel_has_an_exact_twin()
 
     assert set(NO_KERNEL) <= set(SCHEMES) and set(NO_FIDELITY_CONTROL) <= set(SCHEMES)
     assert set(KERNELS) <= {n for n, s in SCHEMES.items() if s.lossless}
+
+
+def test_every_engine_scheme_is_sampled_through_the_engine_in_every_level_kind():
+    """The statistical and draw-for-draw tests of a single-draft scheme go through SpeculativeDecoder
+    (not a twin) in every level kind of hsd_fast.fidelity.cells; only multi-draft schemes use the
+    small multi-draft sampler, until the engine has multi-draft levels."""
+    from hsd_fast.engine import ENGINE_SCHEMES, SpeculativeDecoder
+    from hsd_fast.fidelity import LOSSLESS_SCHEMES, MULTI_DRAFT_SCHEMES, cells
+    from hsd_fast.verify import KERNELS
+
+    assert set(ENGINE_SCHEMES) == {n for n, s in KERNELS.items() if not s.multi_draft}
+    assert set(MULTI_DRAFT_SCHEMES) == {n for n, s in KERNELS.items() if s.multi_draft}
+    assert set(LOSSLESS_SCHEMES) == set(KERNELS) and tuple(cells.ENGINE_SCHEMES) == tuple(ENGINE_SCHEMES)
+    for scheme in ENGINE_SCHEMES:
+        for kind in cells.LEVEL_KINDS:
+            dec = cells.build(scheme, kind).decoder()
+            assert isinstance(dec, SpeculativeDecoder) and (dec.schemes[-1] == scheme), (scheme, kind)

@@ -1,4 +1,5 @@
-"""Argument checks of the engine's public API: every bad value is a ``ValueError`` naming it.
+"""Argument checks of the engine's public API (every bad value is a ``ValueError`` naming it), and
+the parsing of schemes and thresholds.
 
 Integers may be Python ints, numpy integers or 0-d integer tensors (anything with ``__index__``);
 ``bool`` and floats are refused even when integral (``True`` or ``10.0`` as a token id is a bug).
@@ -7,12 +8,15 @@ Sequences of ids may be lists, tuples, numpy arrays or integer tensors.
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Sequence
 
 import torch
 
-__all__ = ["as_int", "as_int_list", "as_prompt_list"]
+from ..verify import KERNELS
+
+__all__ = ["ENGINE_SCHEMES", "as_int", "as_int_list", "as_prompt_list", "default_thresholds", "is_int_like", "parse_schemes", "parse_thresholds"]
 
 
 def as_int(x: object, name: str, lo: int | None = None, hi: int | None = None) -> int:
@@ -53,7 +57,7 @@ def as_int_list(x: object, name: str, lo: int | None = None, hi: int | None = No
     return [as_int(v, f"{name}[{i}]", lo, hi) for i, v in enumerate(_items(x, name))]
 
 
-def _is_int_like(x: object) -> bool:
+def is_int_like(x: object) -> bool:
     if isinstance(x, bool) or type(x).__name__ == "bool_" or getattr(x, "ndim", 0) != 0:
         return False
     try:
@@ -79,6 +83,56 @@ def as_prompt_list(prompts: object) -> list:
         raise ValueError(f"prompts: expected a 1-D or 2-D array of token ids, got shape {tuple(prompts.shape)}")  # type: ignore[union-attr]
     if not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise ValueError(f"prompts: expected a non-empty list of strings or token-id lists, got {prompts!r}")
-    if _is_int_like(prompts[0]):
+    if is_int_like(prompts[0]):
         return [prompts]
     return list(prompts)
+
+
+# the single-draft schemes of hsd_fast.verify: any of them can verify any level (multi-draft schemes
+# need N drafts per position, which the level protocol does not produce)
+ENGINE_SCHEMES = tuple(name for name, spec in KERNELS.items() if not spec.multi_draft)
+
+
+def default_thresholds(n_verifiers: int, k: int = 4) -> tuple[int, ...]:
+    """hsd_ref's ``"half"`` rule: ``T_{n-1} = k``, ``T_{i-1} = max(1, ceil(T_i / 2))``."""
+    out = [k]
+    for _ in range(n_verifiers - 1):
+        out.append(max(1, math.ceil(out[-1] / 2)))
+    return tuple(reversed(out))
+
+
+def parse_schemes(scheme, n: int, temperature) -> tuple[tuple[str, ...], float]:
+    """One scheme per verifying level, and the temperature (0 when every level is greedy)."""
+    if isinstance(scheme, str):
+        named = [scheme]
+        schemes = [scheme] * n
+    elif isinstance(scheme, Sequence) and all(isinstance(s, str) for s in scheme):
+        named = schemes = list(scheme)
+        if len(schemes) != n:
+            raise ValueError(f"scheme: expected one name or {n} names (levels 1..{n}), got {len(schemes)}")
+    else:
+        raise ValueError(f"scheme: expected a scheme name or one name per verifying level, got {scheme!r}")
+    for i, s in enumerate(named):
+        if s not in ENGINE_SCHEMES:
+            raise ValueError(f"scheme: unknown or unsupported scheme {s!r} for level {i + 1}; the engine runs {', '.join(ENGINE_SCHEMES)}")
+    greedy_levels = [s == "greedy" for s in named]
+    if temperature == 0 or all(greedy_levels):
+        return ("greedy",) * n, 0
+    if any(greedy_levels):
+        raise ValueError("scheme: 'greedy' reproduces the argmax law; it cannot be mixed with sampling schemes (use temperature=0)")
+    return tuple(schemes), temperature
+
+
+def parse_thresholds(thresholds, n: int) -> tuple[int, ...]:
+    """``T_0..T_{n-1}`` from None (default k = 4), an int k (the halving rule below it) or a tuple."""
+    if n == 0:
+        if thresholds not in (None, ()):
+            raise ValueError(f"thresholds: the target alone (autoregressive decoding) has no thresholds, got {thresholds!r}")
+        return ()
+    if thresholds is None:
+        return default_thresholds(n)
+    if is_int_like(thresholds):
+        return default_thresholds(n, as_int(thresholds, "thresholds", 1))
+    if not isinstance(thresholds, Sequence) or isinstance(thresholds, str) or len(thresholds) != n:
+        raise ValueError(f"thresholds: expected an int k >= 1 or {n} ints >= 1 (T_0..T_{n - 1}), got {thresholds!r}")
+    return tuple(as_int_list(thresholds, "thresholds", 1))

@@ -34,7 +34,6 @@ proofs/coq/Block.v ``block_lossless``) composed by hsd_ref.schemes.hierarchy's s
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -42,9 +41,9 @@ from typing import Callable, Sequence
 import torch
 
 from ..drafters import point_mass_rows
-from ..verify import KERNELS, ROW_SUM_TOL, draws_needed
+from ..verify import ROW_SUM_TOL, draws_needed
 from ..warp import Warp, sample_inverse_cdf
-from .config import _is_int_like, as_int, as_int_list, as_prompt_list
+from .config import ENGINE_SCHEMES, is_int_like, parse_schemes, parse_thresholds, as_int, as_int_list, as_prompt_list, default_thresholds
 from .levels import DrafterLevel, ModelLevel, resolve_levels
 from .metrics import LevelMetrics, Metrics
 from .rng import MAX_SEED, row_keys, uniforms
@@ -52,59 +51,11 @@ from .vocab import VocabMap
 
 __all__ = ["SpeculativeDecoder", "GenerationResult", "generate", "ENGINE_SCHEMES", "default_thresholds"]
 
-# the single-draft schemes of hsd_fast.verify: any of them can verify any level (multi-draft schemes
-# need N drafts per position, which the level protocol does not produce)
-ENGINE_SCHEMES = tuple(name for name, spec in KERNELS.items() if not spec.multi_draft)
 _ROW_TOL = ROW_SUM_TOL[torch.float64]  # a probability row must sum to 1 within this
-
-
-def default_thresholds(n_verifiers: int, k: int = 4) -> tuple[int, ...]:
-    """hsd_ref's ``"half"`` rule: ``T_{n-1} = k``, ``T_{i-1} = max(1, ceil(T_i / 2))``."""
-    out = [k]
-    for _ in range(n_verifiers - 1):
-        out.append(max(1, math.ceil(out[-1] / 2)))
-    return tuple(reversed(out))
 
 
 def _name(level) -> str:
     return getattr(level, "name", None) or type(level).__name__
-
-
-def _parse_schemes(scheme, n: int, temperature) -> tuple[tuple[str, ...], float]:
-    """One scheme per verifying level, and the temperature (0 when every level is greedy)."""
-    if isinstance(scheme, str):
-        named = [scheme]
-        schemes = [scheme] * n
-    elif isinstance(scheme, Sequence) and all(isinstance(s, str) for s in scheme):
-        named = schemes = list(scheme)
-        if len(schemes) != n:
-            raise ValueError(f"scheme: expected one name or {n} names (levels 1..{n}), got {len(schemes)}")
-    else:
-        raise ValueError(f"scheme: expected a scheme name or one name per verifying level, got {scheme!r}")
-    for i, s in enumerate(named):
-        if s not in ENGINE_SCHEMES:
-            raise ValueError(f"scheme: unknown or unsupported scheme {s!r} for level {i + 1}; the engine runs {', '.join(ENGINE_SCHEMES)}")
-    greedy_levels = [s == "greedy" for s in named]
-    if temperature == 0 or all(greedy_levels):
-        return ("greedy",) * n, 0
-    if any(greedy_levels):
-        raise ValueError("scheme: 'greedy' reproduces the argmax law; it cannot be mixed with sampling schemes (use temperature=0)")
-    return tuple(schemes), temperature
-
-
-def _parse_thresholds(thresholds, n: int) -> tuple[int, ...]:
-    """``T_0..T_{n-1}`` from None (default k = 4), an int k (the halving rule below it) or a tuple."""
-    if n == 0:
-        if thresholds not in (None, ()):
-            raise ValueError(f"thresholds: the target alone (autoregressive decoding) has no thresholds, got {thresholds!r}")
-        return ()
-    if thresholds is None:
-        return default_thresholds(n)
-    if _is_int_like(thresholds):
-        return default_thresholds(n, as_int(thresholds, "thresholds", 1))
-    if not isinstance(thresholds, Sequence) or isinstance(thresholds, str) or len(thresholds) != n:
-        raise ValueError(f"thresholds: expected an int k >= 1 or {n} ints >= 1 (T_0..T_{n - 1}), got {thresholds!r}")
-    return tuple(as_int_list(thresholds, "thresholds", 1))
 
 
 def _default_verify():
@@ -201,7 +152,7 @@ class SpeculativeDecoder:
             if dev is not None and torch.device(dev) != self.device:
                 raise ValueError(f"levels[{i}]: {_name(lvl)} is on {dev}, the target on {self.device}; pass device= to place every level together")
 
-        self.schemes, temperature = _parse_schemes(scheme, n, temperature)
+        self.schemes, temperature = parse_schemes(scheme, n, temperature)
         self.warp = Warp(temperature, top_k, top_p, allowed_ids=allowed_ids, logits_processor=logits_processor)
         self.warp.check_vocab(self.vocab_size)
         # Restricted vocabulary (hsd_fast.engine.vocab): with allowed_ids, no logits processor (it
@@ -215,7 +166,7 @@ class SpeculativeDecoder:
                     lvl.vocab_ids = self.vocab.model_ids
             self.warp = Warp(temperature, top_k, top_p)
         self.V = self.vocab.V
-        self.thresholds = _parse_thresholds(thresholds, n)
+        self.thresholds = parse_thresholds(thresholds, n)
         self.eos_ids = self._eos(eos_token_id)
         if verify_fn is not None and not callable(verify_fn):
             raise ValueError(f"verify_fn: expected a callable like hsd_fast.verify, got {verify_fn!r}")
@@ -237,7 +188,7 @@ class SpeculativeDecoder:
             if ids is None:
                 return ()
             eos_token_id = ids
-        if _is_int_like(eos_token_id):
+        if is_int_like(eos_token_id):
             eos_token_id = [eos_token_id]
         return tuple(as_int_list(eos_token_id, "eos_token_id", 0, self.vocab_size - 1))
 
@@ -463,7 +414,7 @@ class SpeculativeDecoder:
         if seeds is None:
             seed = as_int(seed, "seed", 0, MAX_SEED - B + 1)
             seeds = [seed + b for b in range(B)]
-        elif _is_int_like(seeds):
+        elif is_int_like(seeds):
             raise ValueError(f"seeds: expected one seed per prompt (a sequence of {B} ints), got {seeds!r}; use seed= for one base seed")
         seeds = as_int_list(seeds, "seeds", 0, MAX_SEED)
         if len(seeds) != B:

@@ -40,6 +40,7 @@ from hsd_ref.exact import HSDInputError
 from . import cells as C
 from .controls import CONTROLS, control_scheme, control_verify
 from .multidraft import ToyTables, multidraft_sample
+from .plots import plot_name, plot_row
 from .stats import ALPHA_PER_TEST, PLANTED_TV, TARGET_POWER, derive_seed, encode, g_test, law_arrays, power, samples_for_power
 
 __all__ = ["MULTI_DRAFT_SCHEMES", "CONTROL_SCHEMES", "LOSSLESS_SCHEMES", "planted_alternative", "run_fidelity", "report_markdown", "write_report", "add_cli"]
@@ -86,7 +87,9 @@ def _plant(sample_codes: np.ndarray, src: int, dst: int, p_src: float, tv: float
 
 def _test_row(label: str, kind: str, sample_codes: np.ndarray, codes, probs, seconds: float) -> dict:
     res = g_test(sample_codes, codes, probs, ALPHA_PER_TEST)
-    return {"label": label, "kind": kind, **asdict(res), "sample_seconds": seconds}
+    uniq, counts = np.unique(sample_codes, return_counts=True)
+    return {"label": label, "kind": kind, **asdict(res), "sample_seconds": seconds,
+            "law": {str(int(c)): float(p) for c, p in zip(codes, probs)}, "observed": {str(int(c)): int(k) for c, k in zip(uniq, counts)}}
 
 
 def _engine_cell(scheme: str, kind: str, seed: int, scale: float, bar) -> dict:
@@ -254,13 +257,16 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict, out_dir: Path) -> list[Path]:
-    """Write ``fidelity.md`` and ``fidelity.json`` into ``out_dir``."""
+def write_report(report: dict, out_dir: Path, *, plots: bool = True) -> list[Path]:
+    """Write ``fidelity.md``, ``fidelity.json`` and (``plots``) one PNG per row into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "fidelity.md", out_dir / "fidelity.json"]
     paths[0].write_text(report_markdown(report))
     paths[1].write_text(json.dumps(report, indent=1))
+    for row in report["results"] if plots else ():
+        paths.append(out_dir / plot_name(row))
+        plot_row(row, paths[-1])
     return paths
 
 
@@ -271,7 +277,7 @@ def add_cli(subparsers) -> None:
         help="statistical equivalence of the engine with hsd_ref's exact law (every scheme x level kind, power checks)",
         description="Decode with SpeculativeDecoder over exact toy models for every scheme x level kind and G-test the output "
         "against hsd_ref's exact law; plant TV-0.005 biases and run lossy kernels to show the test's power. "
-        "Writes fidelity.md and fidelity.json.",
+        "Writes fidelity.md, fidelity.json and one PNG per row.",
     )
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--schemes", nargs="+", default=list(LOSSLESS_SCHEMES), choices=LOSSLESS_SCHEMES, metavar="SCHEME", help="lossless schemes to test (default: all)")
@@ -279,6 +285,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed (per-row seeds are derived from it; default 0)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every sample size (default 1; below 1 the power claim does not hold)")
     p.add_argument("--no-controls", action="store_true", help="skip the lossy controls")
+    p.add_argument("--no-plots", action="store_true", help="no PNG per row")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cli)
 
@@ -293,7 +300,7 @@ def _cli(args) -> int:
 
     report = run_fidelity(args.schemes, args.kinds, args.seed, controls=not args.no_controls, scale=args.scale, progress=None if args.quiet else progress)
     report["total_seconds"] = time.perf_counter() - start
-    paths = write_report(report, args.out)
+    paths = write_report(report, args.out, plots=not args.no_plots)
     print(paths[0].read_text())
-    print(f"wrote {', '.join(str(p) for p in paths)} in {report['total_seconds']:.0f} s")
+    print(f"wrote {paths[0]}, {paths[1]} and {len(paths) - 2} plots in {args.out} ({report['total_seconds']:.0f} s)")
     return 0 if report["ok"] else 1

@@ -183,7 +183,7 @@ def test_bad_input_names_the_argument():
         C.build("tokenwise", "no-such-kind")
 
 
-def test_cli_writes_markdown_and_json(tmp_path, capsys):
+def test_cli_writes_markdown_json_and_plots(tmp_path, capsys):
     rc = cli_main(["fidelity", "--out", str(tmp_path), "--schemes", "tokenwise", "greedy", "rrs", "--kinds", "draft", "batch",
                    "--scale", "0.05", "--no-controls", "--seed", "5", "--quiet"])
     md = (tmp_path / "fidelity.md").read_text()
@@ -195,3 +195,7 @@ def test_cli_writes_markdown_and_json(tmp_path, capsys):
     assert rc == 1 and not report["ok"] and "LOW POWER" in md
     assert report["seed"] == 5 and all(r["seed"] == F.derive_seed(5, f"{r['scheme']}/{r['level_kind']}") for r in report["results"][:4])
     assert "| scheme / level kind |" in capsys.readouterr().out
+    pngs = sorted(x.name for x in tmp_path.glob("*.png"))
+    assert pngs == sorted(f"fidelity_{r['scheme']}_{r['level_kind'].replace(' ', '-')}.png" for r in report["results"])
+    assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in pngs)
+    assert sum(report["results"][0]["observed"].values()) == report["results"][0]["n_samples"]
