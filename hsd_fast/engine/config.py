@@ -116,7 +116,7 @@ def parse_schemes(scheme, n: int, temperature) -> tuple[tuple[str, ...], float]:
         if s not in ENGINE_SCHEMES:
             raise ValueError(f"scheme: unknown or unsupported scheme {s!r} for level {i + 1}; the engine runs {', '.join(ENGINE_SCHEMES)}")
     greedy_levels = [s == "greedy" for s in named]
-    if temperature == 0 or all(greedy_levels):
+    if temperature == 0 or (named and all(greedy_levels)):
         return ("greedy",) * n, 0
     if any(greedy_levels):
         raise ValueError("scheme: 'greedy' reproduces the argmax law; it cannot be mixed with sampling schemes (use temperature=0)")
