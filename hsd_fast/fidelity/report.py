@@ -291,8 +291,7 @@ def add_cli(subparsers) -> None:
 
 
 def _cli(args) -> int:
-    if not args.out.parent.exists():
-        raise ValueError(f"--out: the folder {args.out.parent} does not exist")
+    args.out.mkdir(parents=True, exist_ok=True)  # before the run: an unwritable --out fails now, in one line
     start = time.perf_counter()
 
     def progress(label, n):

@@ -184,6 +184,7 @@ def test_bad_input_names_the_argument():
 
 
 def test_cli_writes_markdown_json_and_plots(tmp_path, capsys):
+    tmp_path = tmp_path / "new" / "folders"  # created, as in a fresh clone's out/fidelity
     rc = cli_main(["fidelity", "--out", str(tmp_path), "--schemes", "tokenwise", "greedy", "rrs", "--kinds", "draft", "batch",
                    "--scale", "0.05", "--no-controls", "--seed", "5", "--quiet"])
     md = (tmp_path / "fidelity.md").read_text()
@@ -199,3 +200,12 @@ def test_cli_writes_markdown_json_and_plots(tmp_path, capsys):
     assert pngs == sorted(f"fidelity_{r['scheme']}_{r['level_kind'].replace(' ', '-')}.png" for r in report["results"])
     assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in pngs)
     assert sum(report["results"][0]["observed"].values()) == report["results"][0]["n_samples"]
+
+
+def test_cli_unwritable_out_is_one_line_before_the_run(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(F.report, "run_fidelity", lambda *a, **k: pytest.fail("the run started"))
+    assert cli_main(["fidelity", "--out", str(blocker / "sub"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hsd-fast fidelity: error:")
