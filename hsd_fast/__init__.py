@@ -6,7 +6,8 @@ draws=None)`` is the batched verification entry point (its module is ``hsd_fast.
 ``from hsd_fast.verify import ...`` for the helpers).
 """
 
-from .verify import KERNELS, VerifyOutput, draws_needed, seeded_uniforms, verify
+from .rng import seeded_uniforms
+from .verify import KERNELS, VerifyOutput, draws_needed, verify
 from .drafters import NGramDrafter
 from .engine import EarlyExit, GenerationResult, SpeculativeDecoder, generate
 

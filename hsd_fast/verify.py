@@ -26,9 +26,10 @@ Randomness is data (vLLM's lesson, STYLE.md): pass exactly one of
   converted to float64;
 * ``generator``: a ``torch.Generator``; ``torch.rand((B, D), generator=..., dtype=float64)`` on the
   generator's device, then moved to the inputs' device.  Same generator state, same output;
-* ``seeds`` [B] int64: per-row counter-based streams (:func:`seeded_uniforms`): row ``b`` uses the
-  first ``D`` outputs of SplitMix64 seeded with ``seeds[b]``, so its output depends only on its own
-  inputs and seed, not on the batch size, its position or the other rows.
+* ``seeds`` [B] int64: per-row counter-based streams (:func:`hsd_fast.rng.seeded_uniforms`, the
+  engine's stream): row ``b`` uses the first ``D`` uniforms of seed ``seeds[b]``'s stream, so its
+  output depends only on its own inputs and seed, not on the batch size, its position or the other
+  rows, and a row seeded ``s`` starts with the same uniforms as the engine's row seeded ``s``.
 
 Greedy needs no randomness; any other scheme without one of them raises ``ValueError``.
 
@@ -53,6 +54,7 @@ from typing import Callable
 
 import torch
 
+from .rng import seeded_uniforms
 from .schemes import PLACEHOLDER, VerifyOutput
 from .schemes import block as _block
 from .schemes import greedy as _greedy
@@ -70,7 +72,6 @@ __all__ = [
     "draws_needed",
     "get_kernel",
     "seeded_uniforms",
-    "splitmix64",
     "verify",
 ]
 
@@ -121,46 +122,6 @@ def draws_needed(scheme: object, k: int, n_drafts: int = 1) -> int:
     if not spec.needs_draws:
         return 0
     return k * n_drafts + 1 if spec.multi_draft else k + 1
-
-
-# -- counter-based per-row uniforms -----------------------------------------------------------------
-
-_GAMMA = 0x9E3779B97F4A7C15  # SplitMix64 increment (golden ratio)
-_MIX1 = 0xBF58476D1CE4E5B9
-_MIX2 = 0x94D049BB133111EB
-
-
-def _signed(x: int) -> int:
-    """The int64 with the same 64 bits as the unsigned ``x``."""
-    return x - (1 << 64) if x >= 1 << 63 else x
-
-
-def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
-    """Logical right shift of int64 bits (torch's ``>>`` is arithmetic)."""
-    return (x >> s) & ((1 << (64 - s)) - 1)
-
-
-def splitmix64(seeds: torch.Tensor, n: int) -> torch.Tensor:
-    """The first ``n`` outputs of SplitMix64 (Steele, Lea, Flood 2014; Vigna's ``splitmix64.c``) for
-    each seed, as int64 bit patterns: ``seeds`` [B] int64 -> [B, n].
-
-    Output ``i`` (1-based) is ``mix(seed + i * 0x9E3779B97F4A7C15 mod 2^64)`` with
-    ``mix(z) = z3``, ``z1 = (z ^ z >> 30) * 0xBF58476D1CE4E5B9``, ``z2 = (z1 ^ z1 >> 27) *
-    0x94D049BB133111EB``, ``z3 = z2 ^ z2 >> 31`` (logical shifts, products mod 2^64), so every output
-    is computed independently of the others: a counter-based generator.  int64 tensor arithmetic
-    wraps mod 2^64 on every torch backend we test (``tests/fast/test_kernels.py`` checks the bits
-    against a pure-Python SplitMix64).
-    """
-    counter = torch.arange(1, n + 1, dtype=torch.int64, device=seeds.device) * _signed(_GAMMA)  # [n]
-    z = seeds.to(torch.int64).unsqueeze(1) + counter.unsqueeze(0)  # [B, n]
-    z = (z ^ _shr(z, 30)) * _signed(_MIX1)
-    z = (z ^ _shr(z, 27)) * _signed(_MIX2)
-    return z ^ _shr(z, 31)
-
-
-def seeded_uniforms(seeds: torch.Tensor, n: int) -> torch.Tensor:
-    """``[B, n]`` float64 uniforms in [0, 1): the top 53 bits of each SplitMix64 output times 2^-53."""
-    return _shr(splitmix64(seeds, n), 11).to(torch.float64) * 2.0**-53
 
 
 # -- validation -------------------------------------------------------------------------------------

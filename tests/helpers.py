@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from hsd_fast.engine.rng import reference_uniform
+from hsd_fast.rng import reference_uniform
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ and random streams: one target call and one uniform per token (the baseline of t
 Batching: every row runs the same fixed-shape steps; a row that needs nothing more at some level
 (its buffer is full, or it has finished) is *inactive* there: it still rides along in the batched
 forwards but its results are discarded and it consumes no random numbers.  Randomness: row ``b``'s
-uniforms are ``u(seed_b, c)`` for its own counter ``c`` (:mod:`hsd_fast.engine.rng`), consumed in
+uniforms are ``u(seed_b, c)`` for its own counter ``c`` (:mod:`hsd_fast.rng`), consumed in
 the order of ``hsd_ref.Hierarchy.sample_iteration``: one per level-0 token (drafters and greedy
 included, so the layout never depends on the levels' kinds), then ``T + 1`` per verification.  A
 row's output therefore depends only on its prompt and seed, never on its batch neighbours (up to
@@ -46,7 +46,7 @@ from ..warp import Warp, sample_inverse_cdf
 from .config import ENGINE_SCHEMES, is_int_like, parse_schemes, parse_thresholds, as_int, as_int_list, as_prompt_list, default_thresholds
 from .levels import DrafterLevel, ModelLevel, resolve_levels
 from .metrics import LevelMetrics, Metrics
-from .rng import MAX_SEED, row_keys, uniforms
+from ..rng import MAX_SEED, row_keys, uniforms
 from .vocab import VocabMap
 
 __all__ = ["SpeculativeDecoder", "GenerationResult", "generate", "ENGINE_SCHEMES", "default_thresholds"]

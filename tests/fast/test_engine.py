@@ -4,7 +4,7 @@ Oracles, none computed by the engine itself:
 
 * plain greedy decoding with the HF model's own forward (no cache, full recomputation);
 * ``hsd_ref`` draw for draw: the exact schemes and ``hsd_ref.Hierarchy.sample_iteration`` driven by
-  the same uniforms (``hsd_fast.engine.rng.reference_uniform``, a pure-Python twin) on ``TableLM``s
+  the same uniforms (``hsd_fast.rng.reference_uniform``, a pure-Python twin) on ``TableLM``s
   whose conditionals are the model's full-recompute probabilities converted exactly to Fractions;
   early-exit views are checked against an independently built truncated HF model;
 * hand-computed values for the warps and the drafter.
@@ -26,7 +26,7 @@ import torch
 from hsd_fast.drafters import NGramDrafter, fill_placeholders, point_mass_rows
 from hsd_fast.engine import ENGINE_SCHEMES, CachedLM, EarlyExit, SpeculativeDecoder, generate
 from hsd_fast.engine.refverify import exact_row, exact_verify
-from hsd_fast.engine.rng import reference_uniform, row_keys, uniforms
+from hsd_fast.rng import reference_uniform, row_keys, uniforms
 from hsd_fast.tiny import tiny_llama, tiny_pair
 from hsd_fast.warp import Warp, sample_inverse_cdf
 from hsd_ref import TableLM

@@ -4,7 +4,7 @@ Every cell of the fidelity run (each engine scheme x each level kind of hsd_fast
 and random stacks drawn by hypothesis run :class:`SpeculativeDecoder` over
 :class:`hsd_fast.engine.tables.TableModel` levels; the oracle is ``hsd_ref.Hierarchy.
 sample_iteration`` on the exact (Fraction) models, warped exactly (``hsd_ref.warp``), driven by the
-same uniforms (``hsd_fast.engine.rng.reference_uniform``, the pure-Python twin of the engine's
+same uniforms (``hsd_fast.rng.reference_uniform``, the pure-Python twin of the engine's
 stream), iteration after iteration, then cut at the first EOS and at ``max_new_tokens``.
 
 A model-free drafter proposes a block from the context it is asked at; as an hsd_ref draft model it

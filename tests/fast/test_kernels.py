@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import hsd_ref
-from hsd_fast.verify import KERNELS, VerifyOutput, draws_needed, get_kernel, seeded_uniforms, splitmix64, verify
+from hsd_fast.rng import reference_uniform, row_keys, seeded_uniforms, stream_bits
+from hsd_fast.verify import KERNELS, VerifyOutput, draws_needed, get_kernel, verify
 
 SINGLE = [n for n, s in KERNELS.items() if not s.multi_draft]
 MULTI = [n for n, s in KERNELS.items() if s.multi_draft]
@@ -324,9 +325,10 @@ def _splitmix64_python(seed: int, n: int) -> list[int]:
     return out
 
 
-def test_splitmix64_matches_reference_bits():
-    # published first outputs for seed 1234567 (Vigna's test vector)
-    assert [x % (1 << 64) for x in splitmix64(torch.tensor([1234567]), 5)[0].tolist()] == [
+def test_stream_is_splitmix64_from_the_row_key():
+    # published first outputs for state 1234567 (Vigna's test vector)
+    got = stream_bits(torch.tensor([1234567]), torch.tensor([0]), 5)[0].tolist()
+    assert [x % (1 << 64) for x in got] == [
         6457827717110365317,
         3203168211198807973,
         9817491932198370423,
@@ -334,18 +336,22 @@ def test_splitmix64_matches_reference_bits():
         16408922859458223821,
     ]
     rng = random.Random(5)
-    seeds = [0, 1, -1, 2**63 - 1, -(2**63)] + [rng.randrange(-(2**63), 2**63) for _ in range(40)]
-    bits = splitmix64(torch.tensor(seeds, dtype=torch.int64), 33)
-    for s, row in zip(seeds, bits.tolist()):
-        assert [x % (1 << 64) for x in row] == _splitmix64_python(s, 33)
+    keys = [0, 1, -1, 2**63 - 1, -(2**63)] + [rng.randrange(-(2**63), 2**63) for _ in range(40)]
+    bits = stream_bits(torch.tensor(keys, dtype=torch.int64), torch.zeros(len(keys), dtype=torch.int64), 33)
+    for k, row in zip(keys, bits.tolist()):
+        assert [x % (1 << 64) for x in row] == _splitmix64_python(k, 33)
 
 
-def test_seeded_uniforms_are_top_53_bits():
+def test_seeded_uniforms_are_the_engine_stream():
+    """verify(seeds=) and the engine share one stream: seed s's first uniforms are the engine row's
+    (the pure-Python twin), i.e. the top 53 bits of SplitMix64 from the row key."""
     seeds = torch.tensor([3, -7, 2**62], dtype=torch.int64)
     u = seeded_uniforms(seeds, 9)
     assert u.dtype == torch.float64 and bool(((u >= 0) & (u < 1)).all())
-    for s, row in zip(seeds.tolist(), u.tolist()):
-        assert row == [(x >> 11) / 2**53 for x in _splitmix64_python(s, 9)]
+    keys = row_keys(seeds).tolist()
+    for s, key, row in zip(seeds.tolist(), keys, u.tolist()):
+        assert row == [reference_uniform(s, j) for j in range(9)]
+        assert row == [(x >> 11) / 2**53 for x in _splitmix64_python(key, 9)]
 
 
 def test_seeded_uniforms_look_uniform():

@@ -1,4 +1,8 @@
-"""Counter-based uniforms: every random number is a pure function of (row seed, row-local counter).
+"""The one random stream of hsd_fast: every uniform is a pure function of (row seed, row-local counter).
+
+Used alike by ``hsd_fast.verify(..., seeds=)`` (row ``b`` reads uniforms ``0 .. D-1`` of seed
+``seeds[b]``'s stream: :func:`seeded_uniforms`) and by the engine (row ``b`` reads its stream on from
+its own counter), so ``verify(seeds=[5])`` and the engine's row seeded 5 start with the same uniforms.
 
 A shared ``torch.Generator`` stream would make a row's draws depend on how many draws the other rows
 of the batch took; here row ``b`` reads uniform number ``c`` of its own stream as
@@ -9,8 +13,9 @@ where ``mix64`` is the SplitMix64 finaliser (Steele, Lea, Flood, "Fast splittabl
 generators", OOPSLA 2014; the constants of Vigna's ``splitmix64.c``).  The uniforms are exact dyadic
 rationals in [0, 1) (never 1.0; 0.0 only with probability 2**-53), so ``fractions.Fraction(u)``
 feeds the same values to ``hsd_ref`` draw for draw.  The counters advance only for rows that are
-active in a step (see ``hsd_fast.engine.decoder``), which makes a row's output independent of the
-other rows of its batch.
+active in a step (see ``hsd_fast.engine.decoder``), which makes a row's random numbers independent
+of the other rows of its batch.  Stream ``key_b`` is Vigna's SplitMix64 ``next()`` sequence started
+from the state ``key_b`` (:func:`stream_bits`).
 
 Arithmetic is int64 with two's-complement wrap-around (the behaviour of torch's integer kernels on
 CPU and CUDA); ``reference_uniform`` is the pure-Python twin that the tests compare against.
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["row_keys", "uniforms", "reference_uniform", "MAX_SEED"]
+__all__ = ["MAX_SEED", "reference_uniform", "row_keys", "seeded_uniforms", "stream_bits", "uniforms"]
 
 MAX_SEED = (1 << 63) - 1
 _MASK64 = (1 << 64) - 1
@@ -52,14 +57,22 @@ def row_keys(seeds: torch.Tensor) -> torch.Tensor:
     return _mix64(seeds.to(torch.int64) * _GOLDEN_S)
 
 
-def uniforms(keys: torch.Tensor, counters: torch.Tensor, n: int) -> torch.Tensor:
-    """Uniforms number ``counters[b] .. counters[b] + n - 1`` of each row's stream.
-
-    keys, counters: [B] int64.  Returns [B, n] float64 in [0, 1).
-    """
+def stream_bits(keys: torch.Tensor, counters: torch.Tensor, n: int) -> torch.Tensor:
+    """64-bit outputs number ``counters[b] .. counters[b] + n - 1`` of each row's stream, as int64
+    bit patterns: SplitMix64 from state ``keys[b]``.  keys, counters: [B] int64 -> [B, n] int64."""
     c = counters[:, None] + torch.arange(1, n + 1, device=counters.device, dtype=torch.int64)  # [B, n]
-    x = _mix64(keys[:, None] + c * _GOLDEN_S)
-    return _srl(x, 11).to(torch.float64) * (2.0**-53)
+    return _mix64(keys[:, None] + c * _GOLDEN_S)
+
+
+def uniforms(keys: torch.Tensor, counters: torch.Tensor, n: int) -> torch.Tensor:
+    """Uniforms number ``counters[b] .. counters[b] + n - 1`` of each row's stream: the top 53 bits
+    of :func:`stream_bits` times 2**-53.  keys, counters: [B] int64 -> [B, n] float64 in [0, 1)."""
+    return _srl(stream_bits(keys, counters, n), 11).to(torch.float64) * (2.0**-53)
+
+
+def seeded_uniforms(seeds: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` uniforms of each seed's stream (``verify(seeds=)``).  # [B] int64 -> [B, n]"""
+    return uniforms(row_keys(seeds), torch.zeros_like(seeds, dtype=torch.int64), n)
 
 
 def _mix64_py(x: int) -> int:
