@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["Warp", "sample_inverse_cdf"]
+__all__ = ["Warp"]
 
 
 class Warp:
@@ -127,15 +127,3 @@ class Warp:
             probs = probs * keep
             probs = probs / probs.sum(-1, keepdim=True)
         return probs
-
-
-def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The smallest id ``v`` with ``u < probs[0] + ... + probs[v]`` (hsd_ref.exact.sample_index).
-
-    probs [..., V] float64, u [...] in [0, 1).  When rounding leaves the total mass below ``u`` the
-    last id of positive probability is returned, so an id of probability 0 is never drawn.
-    """
-    cdf = torch.cumsum(probs, dim=-1)
-    idx = (cdf <= u[..., None]).sum(-1)
-    last = probs.shape[-1] - 1 - torch.argmax((probs.flip(-1) > 0).to(torch.int8), dim=-1)
-    return torch.minimum(idx, last)

@@ -42,7 +42,8 @@ import torch
 
 from ..drafters import point_mass_rows
 from ..verify import ROW_SUM_TOL, draws_needed
-from ..warp import Warp, sample_inverse_cdf
+from ..schemes import sample_inverse_cdf
+from ..warp import Warp
 from .config import ENGINE_SCHEMES, is_int_like, parse_schemes, parse_thresholds, as_int, as_int_list, as_prompt_list, default_thresholds
 from .levels import DrafterLevel, ModelLevel, resolve_levels
 from .metrics import LevelMetrics, Metrics

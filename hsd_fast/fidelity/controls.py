@@ -22,7 +22,7 @@ import torch
 from hsd_ref.exact import HSDInputError
 from hsd_ref.schemes.lenience import Lenience
 
-from ..warp import sample_inverse_cdf
+from ..schemes import sample_inverse_cdf
 
 __all__ = ["CONTROLS", "LENIENCE", "control_scheme", "control_verify", "plan_verify"]
 

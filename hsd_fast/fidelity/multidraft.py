@@ -24,7 +24,7 @@ import torch
 from hsd_ref.exact import HSDInputError, from_floats
 from hsd_ref.models import TableLM, check_context, check_pair
 
-from ..warp import sample_inverse_cdf
+from ..schemes import sample_inverse_cdf
 
 __all__ = ["PLACEHOLDER", "ToyTables", "KernelOutputError", "multidraft_sample", "fast_verify", "ref_verify"]
 

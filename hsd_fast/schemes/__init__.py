@@ -95,25 +95,29 @@ def positive_excess(a: torch.Tensor, b: torch.Tensor, tol: float = 0.0, scale: t
 
 
 def sample_inverse_cdf(weights: torch.Tensor, u: torch.Tensor, fallback: torch.Tensor | None = None) -> torch.Tensor:
-    """One inverse-CDF draw per row: ``weights`` [B, V] (non-negative), ``u`` [B] float64 in [0, 1).
+    """One inverse-CDF draw per row: ``weights`` [..., V] (non-negative), ``u`` [...] float64 in [0, 1).
     Rows of ``weights`` that are all zero (an empty residual) use the same row of ``fallback``.
-    Returns [B] int64 ids, each ``< V`` with positive weight.
+    Returns [...] int64 ids, each ``< V`` with positive weight.  The project's one sampling rule:
+    the kernels, the engine's drafting and the samplers of hsd_fast.fidelity all draw with it
+    (hsd_ref.exact.sample_index is its exact twin).
 
     ``cdf = cumsum(weights)`` in float64 and ``x = u * cdf[-1]``; the id is the smallest ``v`` with
     ``x < cdf[v]`` (``searchsorted(..., right=True)``).  Since ``cdf[v] > cdf[v - 1]`` there, the
     weight of ``v`` is positive.  ``x`` can round up to ``cdf[-1]``; then the id is clamped to the
-    smallest ``v`` with ``cdf[v] == cdf[-1]``, the last id whose step is visible.
+    smallest ``v`` with ``cdf[v] == cdf[-1]``, the last id whose step is visible.  Scaling ``u`` by
+    the row's float total is what the exact rule does on the exactly renormalised row.
     """
-    cdf = torch.cumsum(weights, dim=-1, dtype=torch.float64)  # [B, V]
+    lead, V = weights.shape[:-1], weights.shape[-1]
+    cdf = torch.cumsum(weights.reshape(-1, V), dim=-1, dtype=torch.float64)  # [B, V]
     if fallback is not None:
         empty = torch.nonzero(cdf[:, -1] == 0).squeeze(1)  # a non-negative row sums to 0 iff it is 0
         if empty.numel():
-            cdf[empty] = torch.cumsum(fallback[empty], dim=-1, dtype=torch.float64)
+            cdf[empty] = torch.cumsum(fallback.reshape(-1, V)[empty], dim=-1, dtype=torch.float64)
     total = cdf[:, -1:].contiguous()  # [B, 1]
-    x = u.to(torch.float64).unsqueeze(-1) * total  # [B, 1]
+    x = u.reshape(-1).to(torch.float64).unsqueeze(-1) * total  # [B, 1]
     idx = torch.searchsorted(cdf, x, right=True)  # [B, 1]
     last = torch.searchsorted(cdf, total, right=False)  # [B, 1]
-    return torch.minimum(idx, last).clamp_(0, weights.shape[-1] - 1).squeeze(-1)
+    return torch.minimum(idx, last).clamp_(0, V - 1).reshape(lead)
 
 
 def sample_inverse_cdf_row(weights: torch.Tensor, u: float) -> int:

@@ -27,8 +27,9 @@ from hsd_fast.drafters import NGramDrafter, fill_placeholders, point_mass_rows
 from hsd_fast.engine import ENGINE_SCHEMES, CachedLM, EarlyExit, SpeculativeDecoder, generate
 from hsd_fast.engine.refverify import exact_row, exact_verify
 from hsd_fast.rng import reference_uniform, row_keys, uniforms
+from hsd_fast.schemes import sample_inverse_cdf
 from hsd_fast.tiny import tiny_llama, tiny_pair
-from hsd_fast.warp import Warp, sample_inverse_cdf
+from hsd_fast.warp import Warp
 from hsd_ref import TableLM
 from hsd_ref.registry import get_scheme
 from hsd_ref.schemes.hierarchy import Hierarchy
@@ -130,7 +131,8 @@ def test_sample_inverse_cdf_hand_values():
     probs = torch.tensor([[0.25, 0.0, 0.75]] * 4, dtype=F64)
     u = torch.tensor([0.0, 0.2499, 0.25, 0.9999], dtype=F64)
     assert sample_inverse_cdf(probs, u).tolist() == [0, 0, 2, 2]  # id 1 has probability 0: never drawn
-    # rounding leaves the total below u: the last id of positive probability is returned
+    # a row whose float total is below 1: u is scaled by the total (the exact rule on the exactly
+    # renormalised row), and an id of probability 0 is never returned
     short = torch.tensor([[0.5, 0.49, 0.0]], dtype=F64)
     assert sample_inverse_cdf(short, torch.tensor([0.995], dtype=F64)).tolist() == [1]
 
