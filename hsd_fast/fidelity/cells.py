@@ -41,7 +41,7 @@ from ..engine import ENGINE_SCHEMES as _ENGINE_SCHEMES
 from ..engine import EarlyExit, SpeculativeDecoder
 from ..engine.tables import TableModel
 
-__all__ = ["ENGINE_SCHEMES", "LEVEL_KINDS", "Instance", "Setup", "build", "exact_law", "encode_rows", "sample_cell", "DEFAULT_INSTANCE"]
+__all__ = ["ENGINE_SCHEMES", "LEVEL_KINDS", "DEFAULT_INSTANCE", "Instance", "Setup", "build", "encode_rows", "exact_law", "law_codes", "sample_cell"]
 
 ENGINE_SCHEMES = _ENGINE_SCHEMES  # every scheme the engine runs
 LEVEL_KINDS = ("draft", "ngram", "middle3", "middle4", "early_exit", "restricted", "warps", "batch")
@@ -82,7 +82,6 @@ class Setup:
     n_tokens: int
     eos: tuple[int, ...] = ()
     vocab_size: int = 3
-    notes: str = ""
     thresholds: tuple[int, ...] = field(default=())
 
     def prompts_for(self, n_rows: int) -> list[list[int]]:

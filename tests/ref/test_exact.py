@@ -4,7 +4,7 @@ from fractions import Fraction as F
 
 import pytest
 
-from hsd_ref import HSDInputError, TableLM, as_dist, from_floats, iteration_law, sequence_law, SCHEMES
+from hsd_ref import TableLM, as_dist, from_floats, iteration_law, sequence_law, SCHEMES
 from hsd_ref.exact import argmax, sample_index
 
 
