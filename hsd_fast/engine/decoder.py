@@ -45,7 +45,7 @@ from ..verify import ROW_SUM_TOL, draws_needed
 from ..schemes import sample_inverse_cdf
 from ..warp import Warp
 from .config import ENGINE_SCHEMES, is_int_like, parse_schemes, parse_thresholds, as_int, as_int_list, as_prompt_list, default_thresholds
-from .levels import DrafterLevel, ModelLevel, resolve_levels
+from .levels import DrafterLevel, ModelLevel, level_name, resolve_levels
 from .metrics import LevelMetrics, Metrics
 from ..rng import MAX_SEED, row_keys, uniforms
 from .vocab import VocabMap
@@ -53,10 +53,6 @@ from .vocab import VocabMap
 __all__ = ["SpeculativeDecoder", "GenerationResult", "generate", "ENGINE_SCHEMES", "default_thresholds"]
 
 _ROW_TOL = ROW_SUM_TOL[torch.float64]  # a probability row must sum to 1 within this
-
-
-def _name(level) -> str:
-    return getattr(level, "name", None) or type(level).__name__
 
 
 def _default_verify():
@@ -151,7 +147,7 @@ class SpeculativeDecoder:
         for i, lvl in enumerate(self.levels):
             dev = getattr(lvl, "device", None)
             if dev is not None and torch.device(dev) != self.device:
-                raise ValueError(f"levels[{i}]: {_name(lvl)} is on {dev}, the target on {self.device}; pass device= to place every level together")
+                raise ValueError(f"levels[{i}]: {level_name(lvl)} is on {dev}, the target on {self.device}; pass device= to place every level together")
 
         self.schemes, temperature = parse_schemes(scheme, n, temperature)
         self.warp = Warp(temperature, top_k, top_p, allowed_ids=allowed_ids, logits_processor=logits_processor)
@@ -196,7 +192,7 @@ class SpeculativeDecoder:
     def describe(self) -> str:
         parts = []
         for i, lvl in enumerate(self.levels):
-            s = _name(lvl)
+            s = level_name(lvl)
             if i < self.n:
                 s += f" (T={self.thresholds[i]})"
             if i > 0:
@@ -228,7 +224,7 @@ class SpeculativeDecoder:
             if limit is not None and need > limit:
                 raise ValueError(
                     f"max_new_tokens: the longest prompt ({need - max_new_tokens} tokens) + max_new_tokens "
-                    f"({max_new_tokens}) = {need} exceeds the context length {limit} of levels[{i}] ({_name(lvl)})"
+                    f"({max_new_tokens}) = {need} exceeds the context length {limit} of levels[{i}] ({level_name(lvl)})"
                 )
 
     # ------------------------------------------------------------------ the step loop
@@ -240,7 +236,7 @@ class SpeculativeDecoder:
         want = (seq.shape[0], n_out, self.vocab.level_width)
         if not isinstance(p, torch.Tensor) or tuple(p.shape) != want or p.dtype != torch.float64:
             got = f"{tuple(p.shape)} {p.dtype}" if isinstance(p, torch.Tensor) else type(p).__name__
-            raise ValueError(f"levels[{level}]: {_name(lvl)}.probs returned {got}, expected a float64 tensor of shape {want}")
+            raise ValueError(f"levels[{level}]: {level_name(lvl)}.probs returned {got}, expected a float64 tensor of shape {want}")
         p = self.vocab.pad(p)
         # finite, non-negative rows summing to 1 (one reduction; read at the iteration's sync)
         bad = ~((p.sum(-1) - 1).abs() <= _ROW_TOL) | (p.amin(-1) < 0)  # [B, n_out]; NaN counts as bad
@@ -250,7 +246,7 @@ class SpeculativeDecoder:
     def _raise_bad_rows(self) -> None:
         level = int(torch.nonzero(self._bad)[0, 0])
         raise ValueError(
-            f"levels[{level}]: {_name(self.levels[level])} produced a probability row that is not finite, "
+            f"levels[{level}]: {level_name(self.levels[level])} produced a probability row that is not finite, "
             "non-negative and normalised (NaN or inf logits, e.g. an fp16 overflow or a logits_processor "
             "returning NaN, or a custom level's bad rows); nothing from this iteration was emitted"
         )
@@ -432,7 +428,7 @@ class SpeculativeDecoder:
         self.metrics = Metrics(
             [
                 LevelMetrics(
-                    _name(lvl),
+                    level_name(lvl),
                     "target" if i == self.n else getattr(lvl, "kind", "model"),
                     None if i == 0 else self.schemes[i - 1],
                     None if i == self.n else self.thresholds[i],

@@ -38,7 +38,12 @@ from ..warp import Warp
 from .backend import CachedLM, RecomputeLM, supports_cached
 from .tables import TableBackend, TableModel
 
-__all__ = ["EarlyExit", "Level", "ModelLevel", "DrafterLevel", "resolve_levels"]
+__all__ = ["EarlyExit", "Level", "ModelLevel", "DrafterLevel", "level_name", "resolve_levels"]
+
+
+def level_name(level) -> str:
+    """A level's name for messages and metrics (a custom level need not have one)."""
+    return getattr(level, "name", None) or type(level).__name__
 
 
 @runtime_checkable
@@ -276,7 +281,7 @@ def resolve_levels(
     for i, lvl in enumerate(levels):
         if lvl.vocab_size != vocab:
             raise ValueError(
-                f"levels[{i}]: vocabulary size {lvl.vocab_size} of {getattr(lvl, 'name', type(lvl).__name__)} differs from the target's {vocab}; "
+                f"levels[{i}]: vocabulary size {lvl.vocab_size} of {level_name(lvl)} differs from the target's {vocab}; "
                 "every level must share the target's vocabulary"
             )
     tokenizer = None

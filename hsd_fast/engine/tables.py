@@ -64,11 +64,12 @@ class TableBackend:
         self.vocab_size = model.vocab_size
         self.n_layers = len(model.layers)
         self.device = torch.device("cpu" if device is None else device)
-        # the longest context whose code fits: offset[L] + V**L < 2**62
+        # the longest context whose code fits: offset[L + 1] < 2**62 (at most 62 steps for V >= 2;
+        # with V = 1 the code of a context is its length)
         L = 0
-        while self._offset(L + 2) < _CODE_LIMIT:
+        while self.vocab_size > 1 and self._offset(L + 2) < _CODE_LIMIT:
             L += 1
-        self.max_positions = L
+        self.max_positions = _CODE_LIMIT - 2 if self.vocab_size == 1 else L
         self.exits: set[int] = {self.n_layers}
 
     def _offset(self, L: int) -> int:

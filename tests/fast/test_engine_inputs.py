@@ -213,3 +213,12 @@ def test_metrics_target_rounds_is_filled(toy):
     m = SpeculativeDecoder([D, T], thresholds=2, eos_token_id=None).generate([[0], [1]], max_new_tokens=6, seeds=[1, 2]).metrics
     assert m.target_rounds == m.levels[-1].rounds > 0
     assert m.tokens_per_target_call is not None and math.isfinite(m.tokens_per_target_call)
+
+
+def test_table_model_of_a_single_token_vocabulary():
+    """V = 1 used to loop for ever sizing the context codes; its only law is the constant token."""
+    from hsd_ref import TableLM
+
+    one = TableModel([TableLM.context_free((1,))], "one")
+    res = SpeculativeDecoder([one, one], thresholds=2, eos_token_id=None).generate([[0, 0]], max_new_tokens=5, seeds=[1])
+    assert res.tokens == [[0] * 5]
