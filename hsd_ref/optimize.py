@@ -10,7 +10,8 @@ A chain ``m_0 < m_1 < ... < m_n = target`` with thresholds ``T_0..T_{n-1}`` cost
 ``(m_{i-1}, T_{i-1}, m_i)`` and the verify cost ``v_i`` only on ``(m_{i-1}, T_{i-1}, m_i)`` and on the
 probability ``u_{i-1}`` that the lower batch's last token is unprocessed (shared computation only;
 ``u_{i-1}`` depends on ``(m_{i-2}, T_{i-2}, m_{i-1}, T_{i-1})``).  Latency per token is
-``L = (E_{n-1} + v_n) / E[Y_n]``.  Each step is a non-decreasing function of ``(E_{i-1}, u_{i-1})`` with
+``L = (E_{n-1} + v_n) / E[Y_n]`` (under ``batch=B`` every cost ``c(m)`` is ``c(B m)``, which changes
+the coefficients, not the structure).  Each step is a non-decreasing function of ``(E_{i-1}, u_{i-1})`` with
 coefficients fixed by the state ``(m_i, T_i)`` and the next model, so dynamic programming over the
 states ``(model, threshold)`` in model order (the graph is a DAG because chains are increasing in the
 given order) keeps, per state, the Pareto front of ``(E, u)`` (just the minimal ``E`` when no out-edge
@@ -30,20 +31,9 @@ from fractions import Fraction
 from typing import Hashable, Mapping, Sequence
 
 from .exact import HSDInputError
-from .latency import (
-    AcceptanceLaw,
-    CostCurve,
-    FloatRefused,
-    _check_int,
-    _exact,
-    _float,
-    _is_number,
-    _shares,
-    as_acceptance_law,
-    as_cost_curve,
-    level_tables,
-    verify_cost,
-)
+from .latency.costs import CostCurve, _shares, as_cost_curve, verify_cost
+from .latency.laws import AcceptanceLaw, as_acceptance_law, level_tables
+from .latency.numeric import FloatRefused, _check_int, _exact, _float, _is_number, _total
 
 __all__ = ["AcceptanceLaw", "CostCurve", "HierarchyPlan", "SingleDraftChoice", "normalize_inputs", "optimal_hierarchy"]
 
@@ -63,8 +53,10 @@ class HierarchyPlan:
     """The latency-optimal hierarchy.
 
     ``chain`` runs from level 0 (the autoregressive draft) to the target; ``thresholds[i]`` is ``T_i``;
-    ``chain == (target,)`` with no thresholds means no speculation pays off.  ``latency`` is the
-    expected cost per emitted token in the units of the cost curves; ``speedup`` is
+    ``chain == (target,)`` with no thresholds means no speculation pays off: plain autoregressive
+    decoding of the target.  ``latency`` is the expected cost per emitted token of one row of a
+    ``batch``-row lockstep batch, in the units of the cost curves (``target_latency`` is the target's
+    ``c(batch)``); ``speedup`` is
     ``target_latency / latency``; ``best_single`` the best one-draft chain (``None`` when no draft has an
     acceptance rate against the target) and ``speedup_over_single`` its latency / ``latency``.
     Fractions when ``exact``, floats otherwise.
@@ -79,6 +71,7 @@ class HierarchyPlan:
     speedup_over_single: object
     exact: bool
     max_threshold: int
+    batch: int = 1
 
     def describe(self) -> str:
         fmt = (lambda x: f"{float(x):.4f}" + (f" (= {x})" if isinstance(x, Fraction) and x.denominator < 10**6 else ""))
@@ -87,6 +80,8 @@ class HierarchyPlan:
         else:
             parts = [f"{m} [T={t}]" for m, t in zip(self.chain, self.thresholds)] + [str(self.chain[-1])]
             lines = [f"optimal hierarchy: {' -> '.join(parts)}"]
+        if self.batch != 1:
+            lines.append(f"batch: {self.batch} rows in lockstep; latencies are per token of one row (per batch token: / {self.batch})")
         lines.append(f"expected latency per token: {fmt(self.latency)} (target alone: {fmt(self.target_latency)})")
         lines.append(f"predicted speed-up over the target alone: {float(self.speedup):.4f}x")
         if self.best_single is None:
@@ -156,17 +151,18 @@ def normalize_inputs(models, costs, acceptance):
     return names, curves, laws
 
 
-def _solve(names, curves, laws, tmax, conv):
+def _solve(names, curves, laws, tmax, conv, batch):
     """The DP of the module docstring in the arithmetic ``conv``; returns (plan fields)."""
     m = len(names)
     t = m - 1
     zero, one = conv(0, "0"), conv(1, "1")
 
     def cost(i, positions):
-        return conv(curves[i](positions), f"costs[{names[i]!r}]({positions})")
+        return conv(curves[i](_total(batch, positions)), f"costs[{names[i]!r}]({_total(batch, positions)})")
 
     def vcost(i, j, positions, unproc):
-        return conv(verify_cost(curves[i], curves[j], positions, unproc), f"costs[{names[j]!r}]({positions})")
+        v = verify_cost(curves[i], curves[j], positions, unproc, batch=batch)
+        return conv(v, f"costs[{names[j]!r}]({_total(batch, positions)})")
 
     def accepted(i, j, b):
         try:
@@ -261,6 +257,7 @@ def optimal_hierarchy(
     *,
     max_threshold: int = 8,
     exact: bool | None = None,
+    batch: int = 1,
 ) -> HierarchyPlan:
     """The chain and thresholds of minimal expected latency per token (i.i.d. model of hsd_ref.latency).
 
@@ -272,6 +269,12 @@ def optimal_hierarchy(
     rate at which the verifier accepts the draft's tokens, or any :class:`AcceptanceLaw`.  A pair left
     out is an edge that cannot be used.  Thresholds range over ``1..max_threshold``.
 
+    ``batch=B``: ``B`` rows decode in lockstep; every call costs its curve at the TOTAL positions it
+    scores, ``c(B m)`` (see :func:`hsd_ref.latency.hierarchy_latency`), and latencies are per token of
+    one row.  The plan ``(target,)`` (autoregressive, latency ``c_target(B)``) is always a candidate,
+    so where verification's cost grows with ``B (T + 1)`` the optimiser returns it.  Exact for chains
+    with one draft; optimistic for deeper ones on a lockstep engine (docs/latency.md, "Batch-aware costs").
+
     ``exact=None`` computes in Fractions when every input is rational and falls back to floats
     otherwise; ``True`` insists on exact arithmetic, ``False`` uses floats.  Time ``O(M^3 T^3)`` worst
     case (``O(M^2 T^3)`` without shared computation), ``M = len(models)``, ``T = max_threshold``.
@@ -281,6 +284,7 @@ def optimal_hierarchy(
     (('d', 't'), (6,))
     """
     tmax = _check_int(max_threshold, "max_threshold", 1)
+    batch = _check_int(batch, "batch", 1)
     if exact not in (None, True, False):
         raise HSDInputError(f"exact: expected None, True or False, got {exact!r}")
     names, curves, laws = normalize_inputs(models, costs, acceptance)
@@ -289,12 +293,12 @@ def optimal_hierarchy(
     else:
         mode = _exact_numeric
     try:
-        chain, ths, latency, target_latency, single = _solve(names, curves, laws, tmax, mode)
+        chain, ths, latency, target_latency, single = _solve(names, curves, laws, tmax, mode, batch)
     except FloatRefused:
         if exact:
             raise
         mode = _float
-        chain, ths, latency, target_latency, single = _solve(names, curves, laws, tmax, mode)
+        chain, ths, latency, target_latency, single = _solve(names, curves, laws, tmax, mode, batch)
     if not target_latency > 0:
         raise HSDInputError(f"costs[{names[-1]!r}]: the target's cost per call must be > 0, got {target_latency}")
     if not latency > 0:
@@ -314,6 +318,7 @@ def optimal_hierarchy(
         speedup_over_single=over_single,
         exact=mode is not _float,
         max_threshold=tmax,
+        batch=batch,
     )
 
 

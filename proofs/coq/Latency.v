@@ -1,7 +1,7 @@
 (** * Latency.v -- the closed forms of the single-draft latency model.
 
     Leviathan, Kalman, Matias 2023 (arXiv 2211.17192), §3: Eq. (1), Theorem 3.8, Theorem 3.11 and
-    Corollary 3.9, for hsd_ref/latency.py ([expected_tokens], [expected_tokens_from_prefix_probs],
+    Corollary 3.9, for hsd_ref/latency/leviathan.py ([expected_tokens], [expected_tokens_from_prefix_probs],
     [walltime_factor], [ops_factor]).  With i.i.d. acceptance rate [a] and draft length [k]:
     - [geom_closed]: sum_{i<=k} a^i = (1 - a^(k+1)) / (1 - a) for a <> 1 ([geom_at_one]: k + 1 at a = 1);
     - [scan_tokens_geom]: the expected number of tokens of one forward scan (each draft accepted with

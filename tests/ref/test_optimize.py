@@ -23,10 +23,10 @@ QWEN = {1: 1, 5: 1, 9: F(176, 100)}  # measured target curve (brief): 5 position
 # brute force: every chain, every threshold vector, each evaluated with hierarchy_latency
 # ---------------------------------------------------------------------------------------------------
 
-def brute_force(names, curves, laws, tmax):
+def brute_force(names, curves, laws, tmax, batch=1):
     """Minimal latency over all chains ending at the target and all thresholds in 1..tmax."""
     m = len(names)
-    best = curves[-1](1)  # the target alone
+    best = curves[-1](batch)  # the target alone: one position per row
     for r in range(1, m):
         for sub in itertools.combinations(range(m - 1), r):
             chain = list(sub) + [m - 1]
@@ -34,7 +34,7 @@ def brute_force(names, curves, laws, tmax):
                 continue
             edge_laws = [laws[(x, y)] for x, y in zip(chain, chain[1:])]
             for ths in itertools.product(range(1, tmax + 1), repeat=r):
-                best = min(best, hierarchy_latency([curves[i] for i in chain], edge_laws, list(ths)))
+                best = min(best, hierarchy_latency([curves[i] for i in chain], edge_laws, list(ths), batch=batch))
     return best
 
 
@@ -66,17 +66,18 @@ def random_instance(rng: random.Random, m: int, *, exits: bool, drop: float):
     return names, curves, laws
 
 
-def _check_against_brute_force(names, curves, laws, tmax):
-    plan = optimal_hierarchy(names, curves, {(names[i], names[j]): law for (i, j), law in laws.items()}, max_threshold=tmax)
-    assert plan.exact and isinstance(plan.latency, F)
-    assert plan.latency == brute_force(names, curves, laws, tmax)
+def _check_against_brute_force(names, curves, laws, tmax, batch=1):
+    acc = {(names[i], names[j]): law for (i, j), law in laws.items()}
+    plan = optimal_hierarchy(names, curves, acc, max_threshold=tmax, batch=batch)
+    assert plan.exact and isinstance(plan.latency, F) and plan.batch == batch
+    assert plan.latency == brute_force(names, curves, laws, tmax, batch)
     # the reported chain and thresholds achieve the reported value
     idx = [names.index(x) for x in plan.chain]
     assert idx[-1] == len(names) - 1 and idx == sorted(idx)
     assert all(1 <= t <= tmax for t in plan.thresholds) and len(plan.thresholds) == len(idx) - 1
-    again = hierarchy_latency([curves[i] for i in idx], [laws[(x, y)] for x, y in zip(idx, idx[1:])], list(plan.thresholds))
+    again = hierarchy_latency([curves[i] for i in idx], [laws[(x, y)] for x, y in zip(idx, idx[1:])], list(plan.thresholds), batch=batch)
     assert again == plan.latency
-    assert plan.speedup == curves[-1](1) / plan.latency
+    assert plan.speedup == curves[-1](batch) / plan.latency
     return plan, idx
 
 
@@ -101,6 +102,19 @@ def test_optimiser_matches_brute_force_on_hispec_like_exits():
         names = ["tiny", "L4", "L8", "full"]
         laws = {(i, j): AcceptanceLaw.tokenwise(F(rng.randint(3, 9), 10)) for i in range(4) for j in range(i + 1, 4)}
         _check_against_brute_force(names, curves, laws, 8)
+
+
+def test_optimiser_matches_brute_force_at_batch_sizes():
+    # measured / affine curves (batch changes them) and early exits; the plans move with the batch
+    rng = random.Random(20260601)
+    chains = set()
+    for bb, m, exits in [(2, 4, True), (4, 4, False), (8, 3, True), (16, 4, True), (32, 3, False)] * 2:
+        names, curves, laws = random_instance(rng, m, exits=exits, drop=0.1)
+        curves = [CostCurve.function(lambda n, c=c: c(1) * (1 + F(n, 24))) if c.root is None and i < m - 1 else c
+                  for i, c in enumerate(curves)]
+        plan, idx = _check_against_brute_force(names, curves, laws, 6, batch=bb)
+        chains.add(len(plan.chain))
+    assert 1 in chains and max(chains) >= 3, chains
 
 
 def test_single_draft_plan_is_leviathans_optimal_k():
