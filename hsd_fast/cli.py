@@ -1,8 +1,8 @@
 """``hsd-fast`` command line.  Each subcommand lives in its own module, which exposes
 ``add_cli(subparsers)`` registering a parser whose ``func(args) -> int`` runs it.
 
-Errors are reported here, once for every subcommand: a ``ValueError`` or ``OSError`` escaping
-``func`` (bad arguments, a missing model, an unreadable file) prints ONE line
+Errors are reported here, once for every subcommand: a ``ValueError``, an ``OSError`` or an error of
+:mod:`hsd_fast.models` escaping ``func`` (bad arguments, a missing model, an unreadable file) prints ONE line
 ``hsd-fast <subcommand>: error: <message>`` on stderr and exits with status 2, as argparse does for
 usage errors.  Subcommands validate cheap arguments (:func:`check_device`, :func:`check_threads`)
 before loading any model.
@@ -72,10 +72,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .models import CorruptCacheError, InsufficientMemoryError, ModelFetchError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ModelFetchError, CorruptCacheError, InsufficientMemoryError) as exc:
         sys.stdout.flush()
         print(f"hsd-fast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2

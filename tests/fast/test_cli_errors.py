@@ -124,3 +124,8 @@ def test_bench_errors_go_through_the_same_path(tmp_path, capsys):
     assert "--threads" in one_error_line(capsys, "bench")
     assert main(["bench", "--tiny", "--device", "bogus", "--out", str(tmp_path)]) == 2
     assert "--device" in one_error_line(capsys, "bench")
+
+
+def test_models_errors_go_through_the_same_path(tmp_path, capsys):
+    assert main(["models", "verify", "smollm2-135m", "--cache-dir", str(tmp_path)]) == 2  # a ModelFetchError
+    assert "not fetched" in one_error_line(capsys, "models")

