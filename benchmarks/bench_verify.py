@@ -24,7 +24,7 @@ import sys
 import pytest
 import torch
 
-from hsd_fast.verify import KERNELS, draws_needed, verify
+from hsd_fast.kernels import KERNELS, draws_needed, verify
 
 THREADS = int(os.environ.get("HSD_BENCH_THREADS", "2"))
 N_DRAFTS = 2

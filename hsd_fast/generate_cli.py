@@ -43,6 +43,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-eos", action="store_true", help="do not stop at the tokenizer's EOS")
     p.add_argument("--json", action="store_true", help="print the result and metrics as JSON instead of text")
+    p.add_argument("--timing", action="store_true", help="time every level call and verification (with a device synchronisation around each on CUDA)")
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable: a batch)")
     p.set_defaults(func=run)
 
@@ -104,6 +105,7 @@ def run(args) -> int:
         device=device,
         dtype=args.dtype,
         eos_token_id=None if args.no_eos else "auto",
+        timing=args.timing,
     )
     stream = len(args.prompt) == 1 and not args.json and dec.tokenizer is not None
     state = {"ids": [], "text": ""}

@@ -107,7 +107,7 @@ class Warp:
         """Warped float64 probabilities.  # [..., V] -> [..., V]"""
         x = self.logits(logits)
         if self.greedy:
-            return torch.nn.functional.one_hot(x.argmax(-1), x.shape[-1]).to(torch.float64)
+            return torch.zeros_like(x).scatter_(-1, x.argmax(-1, keepdim=True), 1.0)  # one_hot would read its max on the host
         if self.temperature != 1:
             # subtract the row maximum BEFORE dividing: (x - max) / T <= 0 never overflows, so any
             # T > 0, however small (1e-308, subnormals), gives the exactly rounded softmax; as T -> 0

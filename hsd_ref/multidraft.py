@@ -110,12 +110,16 @@ class MultiDraftScheme(JointLawMixin):
     A subclass sets ``name``, ``theorem`` and ``replacement`` (the drafting law: ``True`` for ``N``
     i.i.d. drafts, ``False`` for drafting without replacement at every node) and implements
     :meth:`decide` (and optionally :meth:`prepare`, the token-independent part of the node rule).
+    The capability flags of :class:`hsd_ref.scheme.SingleDraftScheme` are fixed here: every
+    multi-draft scheme needs draws and draft probabilities.
     """
 
     name: str = ""
     lossless: bool = True
     theorem: str = ""
     replacement: bool = True
+    multi_draft: bool = True
+    needs_draws: bool = True
     needs_draft_probs: bool = True
 
     def __init__(self, n_drafts: int = 2):

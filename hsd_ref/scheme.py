@@ -185,12 +185,19 @@ class JointLawMixin:
 
 class SingleDraftScheme(JointLawMixin):
     """Base class: a scheme defined by :meth:`plan`.  Subclasses set ``name``, ``lossless``,
-    ``theorem`` (the proof that covers it, or the counterexample) and implement ``plan``."""
+    ``theorem`` (the proof that covers it, or the counterexample) and implement ``plan``.
+
+    Capability flags (read by :mod:`hsd_fast.kernels` for the fast twin, so they are defined only
+    here): ``multi_draft`` (False: one draft, see :class:`hsd_ref.multidraft.MultiDraftScheme`),
+    ``needs_draws`` (False: deterministic, no uniforms, ``draws_needed(k) == 0``) and
+    ``needs_draft_probs`` (False: ``draft_probs`` may be ``None``)."""
 
     name: str = ""
     lossless: bool = True
     theorem: str = ""
     n_drafts: int = 1
+    multi_draft: bool = False
+    needs_draws: bool = True
     needs_draft_probs: bool = True
 
     def __repr__(self) -> str:
@@ -212,7 +219,7 @@ class SingleDraftScheme(JointLawMixin):
         return draft
 
     def draws_needed(self, k: int) -> int:
-        return k + 1
+        return k + 1 if self.needs_draws else 0
 
     # -- exact laws ----------------------------------------------------------------------------
 

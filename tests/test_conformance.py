@@ -3,7 +3,8 @@ statistical test is not done.  This meta-test fails when a scheme is registered 
 
 * exact check: every registered scheme is audited (``hsd-ref audit``) and parametrised into the
   exact tests of ``tests/ref``; here we run ``check_lossless`` once more on the smallest family;
-* fast twin: a kernel under the same name in ``hsd_fast.verify.KERNELS``;
+* fast twin: a kernel under the same name in ``hsd_fast.kernels.KERNELS``, whose capability flags
+  are those of the hsd_ref scheme (and of the hand-written table below);
 * statistical test: the scheme is in the fidelity run (``hsd_fast.fidelity``), lossy controls as
   power checks.
 
@@ -25,6 +26,17 @@ NO_KERNEL = {
 NO_FIDELITY_CONTROL = {
     "hierarchy_resample_middle": "a model stack, not a verification kernel; caught exactly by the audit and tests/ref/test_hierarchy.py",
 }
+# the capability flags (multi_draft, needs_draws, needs_draft_probs) of every kernel, written by hand
+# rather than read from either package, so a flag changed or derived wrongly on one side fails
+EXPECTED_FLAGS = {
+    "tokenwise": (False, True, True),
+    "greedy": (False, False, False),
+    "block": (False, True, True),
+    "hsd_capped": (False, True, True),
+    "rrs": (True, True, True),
+    "rrs_without_replacement": (True, True, True),
+    "spectr_kseq": (True, True, True),
+}
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMES))
@@ -38,7 +50,7 @@ def test_every_registered_scheme_matches_its_claim_exactly(name):
 @pytest.mark.parametrize("name", sorted(n for n, s in SCHEMES.items() if s.lossless))
 def test_every_lossless_scheme_has_a_fast_twin_and_a_statistical_test(name):
     from hsd_fast.fidelity import LOSSLESS_SCHEMES
-    from hsd_fast.verify import KERNELS
+    from hsd_fast.kernels import KERNELS
 
     if name in NO_KERNEL:
         assert name not in KERNELS, f"{name} now has a kernel: remove its exemption"
@@ -57,10 +69,28 @@ def test_every_lossy_control_is_a_power_check_of_the_fidelity_run(name):
 
 
 def test_exemptions_name_registered_schemes_and_every_kernel_has_an_exact_twin():
-    from hsd_fast.verify import KERNELS
+    from hsd_fast.kernels import KERNELS
 
     assert set(NO_KERNEL) <= set(SCHEMES) and set(NO_FIDELITY_CONTROL) <= set(SCHEMES)
     assert set(KERNELS) <= {n for n, s in SCHEMES.items() if s.lossless}
+
+
+def test_every_kernel_has_its_flags_written_down():
+    from hsd_fast.kernels import KERNELS
+
+    assert set(KERNELS) == set(EXPECTED_FLAGS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FLAGS))
+def test_fast_capability_flags_agree_with_the_ref_scheme(name):
+    from hsd_fast.kernels import KERNELS, draws_needed
+
+    ref, fast = SCHEMES[name], KERNELS[name]
+    assert (ref.multi_draft, ref.needs_draws, ref.needs_draft_probs) == EXPECTED_FLAGS[name], "hsd_ref flags"
+    assert (fast.multi_draft, fast.needs_draws, fast.needs_draft_probs) == EXPECTED_FLAGS[name], "hsd_fast flags"
+    for k in (0, 1, 3):
+        assert draws_needed(name, k, ref.n_drafts) == ref.draws_needed(k), (name, k)
+        assert (ref.draws_needed(k) > 0) == ref.needs_draws, (name, k)
 
 
 def test_every_engine_scheme_is_sampled_through_the_engine_in_every_level_kind():
@@ -69,7 +99,7 @@ def test_every_engine_scheme_is_sampled_through_the_engine_in_every_level_kind()
     small multi-draft sampler, until the engine has multi-draft levels."""
     from hsd_fast.engine import ENGINE_SCHEMES, SpeculativeDecoder
     from hsd_fast.fidelity import LOSSLESS_SCHEMES, MULTI_DRAFT_SCHEMES, cells
-    from hsd_fast.verify import KERNELS
+    from hsd_fast.kernels import KERNELS
 
     assert set(ENGINE_SCHEMES) == {n for n, s in KERNELS.items() if not s.multi_draft}
     assert set(MULTI_DRAFT_SCHEMES) == {n for n, s in KERNELS.items() if s.multi_draft}

@@ -6,7 +6,8 @@ See docs/engine.md.
 
 from .backend import CachedLM, RecomputeLM, supports_cached
 from .decoder import ENGINE_SCHEMES, GenerationResult, SpeculativeDecoder, default_thresholds, generate
-from .levels import DrafterLevel, EarlyExit, ModelLevel, resolve_levels
+from .levels import DrafterLevel, EarlyExit, Level, ModelLevel
+from .specs import resolve_levels
 from .metrics import LevelMetrics, Metrics
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "generate",
     "DrafterLevel",
     "EarlyExit",
+    "Level",
     "ModelLevel",
     "resolve_levels",
     "LevelMetrics",

@@ -40,7 +40,6 @@ matter: a backend may reuse any work whose token prefix is unchanged, so callers
 from __future__ import annotations
 
 import inspect
-import time
 from typing import Protocol
 
 import torch
@@ -161,7 +160,6 @@ class CachedLM:
         self.hidden = int(model.config.hidden_size)
         self.max_positions = _max_positions(model)
         self.exits: set[int] = {self.n_layers}
-        self.forward_time = 0.0
         # recent transformers name the layers' cache argument ``cache`` (``past_key_values`` is deprecated)
         params = inspect.signature(self.layers[0].forward).parameters if self.layers else {}
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -294,21 +292,26 @@ class CachedLM:
         """
         if depth not in self.exits:
             raise ValueError(f"depth: {depth} is not a registered exit of {self.name} (exits {sorted(self.exits)})")
-        t0 = time.perf_counter()
         B, S = seq.shape
-        L = int(lens.max()) if B else 0  # the longest row: the only width that matters
+        top = self.bounds.index(depth)
+        if self._B == B:
+            # common prefix of the cached tokens and the request, per row (the cache holds at most
+            # capacity positions, so only that many columns can match)
+            W = min(S, self._cap)
+            same = (self.tok[:, :W] == seq[:, :W]).to(torch.int64).cumprod(1).sum(1)
+            common = torch.minimum(same, lens)
+            self.seg_len = [torch.minimum(sl, common) for sl in self.seg_len]
+            seg = self.seg_len
+        else:  # a new batch: nothing is cached for it
+            seg = [torch.zeros_like(lens)] * len(self.bounds)
+        # the call's one host read: the longest row, and per segment to run the most positions a row
+        # needs and whether rows are ragged
+        todo = lens[None, :] - torch.stack(seg[: top + 1])  # [top + 1, B]
+        L, *stats = torch.cat([lens.amax()[None], todo.amax(1), todo.amin(1)]).tolist() if B else [0] + [0] * (2 * top + 2)
+        stats = list(zip(stats[: top + 1], stats[top + 1 :]))
         if L > S:
             raise ValueError(f"lens: a row length {L} exceeds the width {S} of seq")
         self._ensure(B, L)
-        # common prefix of the cached tokens and the request, per row (only the first L columns matter)
-        same = (self.tok[:, :L] == seq[:, :L]).to(torch.int64).cumprod(1).sum(1)
-        common = torch.minimum(same, lens)
-        for s in range(len(self.bounds)):
-            self.seg_len[s] = torch.minimum(self.seg_len[s], common)
-        top = self.bounds.index(depth)
-        # per segment to run: M = the most positions a row needs, and whether rows are ragged (one sync)
-        todo = lens[None, :] - torch.stack(self.seg_len[: top + 1])  # [top + 1, B]
-        stats = torch.stack([todo.amax(1), todo.amin(1)], 1).tolist() if B else [[0, 0]] * (top + 1)
         if any(m > 0 and lo < m for m, lo in stats):
             self._ensure(B, L + 1)  # the scratch slot of the surplus positions
         self.tok[:, :L] = seq[:, :L]
@@ -318,11 +321,7 @@ class CachedLM:
             self.seg_len[s] = lens.clone()
         pos = lens[:, None] - n_out + torch.arange(n_out, device=lens.device)  # [B, n_out]
         h = self.hid[top].gather(1, pos[..., None].expand(B, n_out, self.hidden))
-        out = self._head(self.norm(h), vocab_ids)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.forward_time += time.perf_counter() - t0
-        return out
+        return self._head(self.norm(h), vocab_ids)
 
     def _run_segment(self, s: int, start: torch.Tensor, end: torch.Tensor, seq: torch.Tensor, M: int, E: int) -> None:
         """Run segment ``s`` over positions ``[start_b, end_b)`` of each row: ``M = max(end - start)``
@@ -371,7 +370,6 @@ class RecomputeLM:
         self.n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
         self.max_positions = _max_positions(model)
         self.exits = {self.n_layers}
-        self.forward_time = 0.0
 
     def add_exit(self, depth: int) -> None:
         if depth != self.n_layers:
@@ -385,8 +383,7 @@ class RecomputeLM:
 
     @torch.no_grad()
     def logits(self, depth: int, seq: torch.Tensor, lens: torch.Tensor, n_out: int, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
-        t0 = time.perf_counter()
-        L = int(lens.max())
+        L = int(lens.max())  # the call's one host read
         ids = seq[:, :L].clamp(min=0)
         mask = (torch.arange(L, device=seq.device)[None, :] < lens[:, None]).to(torch.int64)
         out = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # [B, L, V]
@@ -394,7 +391,4 @@ class RecomputeLM:
         res = out.gather(1, pos[..., None].expand(-1, -1, out.shape[-1]))
         if vocab_ids is not None:
             res = res.index_select(-1, vocab_ids)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.forward_time += time.perf_counter() - t0
         return res

@@ -14,9 +14,21 @@ from typing import Sequence
 
 import torch
 
-from ..verify import KERNELS
+from ..kernels import KERNELS
 
-__all__ = ["ENGINE_SCHEMES", "as_int", "as_int_list", "as_prompt_list", "default_thresholds", "is_int_like", "parse_schemes", "parse_thresholds"]
+__all__ = [
+    "ENGINE_SCHEMES",
+    "as_int",
+    "as_int_list",
+    "as_prompt_list",
+    "default_thresholds",
+    "is_int_like",
+    "parse_device",
+    "parse_dtype",
+    "parse_schemes",
+    "parse_seeds",
+    "parse_thresholds",
+]
 
 
 def as_int(x: object, name: str, lo: int | None = None, hi: int | None = None) -> int:
@@ -136,3 +148,34 @@ def parse_thresholds(thresholds, n: int) -> tuple[int, ...]:
     if not isinstance(thresholds, Sequence) or isinstance(thresholds, str) or len(thresholds) != n:
         raise ValueError(f"thresholds: expected an int k >= 1 or {n} ints >= 1 (T_0..T_{n - 1}), got {thresholds!r}")
     return tuple(as_int_list(thresholds, "thresholds", 1))
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    """``None``, a ``torch.dtype`` or its name (``"bfloat16"``)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise ValueError(f"dtype: expected None, a torch dtype or its name, got {dtype!r}")
+
+
+def parse_device(device) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: cannot interpret {device!r} as a torch device") from None
+
+
+def parse_seeds(seeds, seed, B: int, max_seed: int) -> list[int]:
+    """One seed per row: ``seeds`` (a sequence of ``B`` ints), else ``seed + b``."""
+    if seeds is None:
+        seed = as_int(seed, "seed", 0, max_seed - B + 1)
+        return [seed + b for b in range(B)]
+    if is_int_like(seeds):
+        raise ValueError(f"seeds: expected one seed per prompt (a sequence of {B} ints), got {seeds!r}; use seed= for one base seed")
+    seeds = as_int_list(seeds, "seeds", 0, max_seed)
+    if len(seeds) != B:
+        raise ValueError(f"seeds: expected {B} seeds (one per prompt), got {len(seeds)}")
+    return seeds

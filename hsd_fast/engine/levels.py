@@ -1,44 +1,28 @@
-"""Levels of a speculative hierarchy and how level specifications are resolved.
+"""The levels of a speculative hierarchy: what the engine asks of each kind.
 
-A level is either a *model view* (a full causal LM, or an early-exit view of one) or a *model-free
-drafter* (only as level 0).  Specifications accepted by :func:`resolve_levels`, bottom-up:
+A level is either a *model view* (:class:`ModelLevel`: a full causal LM, an early-exit view of one,
+or a :class:`~hsd_fast.engine.tables.TableModel`), a *model-free drafter* (:class:`DrafterLevel`,
+only as level 0), or a custom object meeting :class:`Level`.  Every level has ``vocab_size``,
+``name`` (or :func:`level_name` supplies one) and ``kind``; levels with a distribution answer
+:meth:`Level.probs`, a drafter answers :meth:`DrafterLevel.propose`.  Level specifications (what a
+user passes) are turned into levels by :func:`hsd_fast.engine.specs.resolve_levels`.
 
-* a :class:`hsd_fast.drafters.Drafter` (e.g. ``NGramDrafter()``), or the strings ``"ngram"`` /
-  ``"ngram:N"`` (prompt lookup with n-grams ``N..1``);
-* a Hugging Face causal LM (``torch.nn.Module``), or a ``(model, tokenizer)`` pair;
-* :class:`EarlyExit` ``(model, layers)``: the first ``layers`` decoder layers of ``model`` plus its
-  final norm and LM head (HiSpec's virtual models; the full model shares the KV cache and hidden
-  states of those layers);
-* a model name or local directory, loaded with ``hsd_fast.models.load(name, dtype=, device=)``;
-  ``"NAME@int8"`` loads a separate copy with weight-only int8 linear layers
-  (:func:`hsd_fast.quant.quantize_int8`, for drafts);
-* a :class:`hsd_fast.engine.tables.TableModel` (exact ``hsd_ref.TableLM`` conditionals per depth:
-  the level kind of the engine's exact and statistical checks), alone or inside :class:`EarlyExit`;
-* any object that meets :class:`Level` (a custom level): ``vocab_size`` and
-  ``probs(seq, lens, n_out, warp) -> [B, n_out, V]`` float64 rows.  The engine calls exactly that
-  signature, checks the shape and dtype of every answer, and checks that every row of an active
-  batch row is finite, non-negative and sums to 1 (docs/engine.md).  A custom level always sees the
-  full vocabulary (``allowed_ids`` is applied by ``warp``, which it should call on its logits).
-
-The same model object used twice (e.g. ``EarlyExit(m, 4)`` and ``m``) is driven by ONE backend, so
-its views share their cache.
+A custom level always sees the full vocabulary (``allowed_ids`` is applied by ``warp``, which it
+should call on its logits); the engine checks the shape and dtype of every answer and that every
+row of an active batch row is finite, non-negative and sums to 1 (docs/engine.md).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..drafters import Drafter, NGramDrafter, fill_placeholders
-from ..quant import QUANTIZATIONS, is_quantized, quantize_int8
+from ..drafters import Drafter, fill_placeholders
 from ..warp import Warp
-from .backend import CachedLM, RecomputeLM, supports_cached
-from .tables import TableBackend, TableModel
 
-__all__ = ["EarlyExit", "Level", "ModelLevel", "DrafterLevel", "level_name", "resolve_levels"]
+__all__ = ["EarlyExit", "Level", "ModelLevel", "DrafterLevel", "level_name"]
 
 
 def level_name(level) -> str:
@@ -80,9 +64,6 @@ class ModelLevel:
         self.name = name
         self.vocab_size = backend.vocab_size
         self.device = backend.device
-        self.calls = 0
-        self.time_s = 0.0
-        self.by_positions: dict[int, list] = {}  # positions scored -> [calls, seconds]
         self.vocab_ids: torch.Tensor | None = None  # a restricted vocabulary's model ids (set by the decoder)
         self.max_positions = getattr(backend, "max_positions", None)
 
@@ -92,15 +73,7 @@ class ModelLevel:
     def probs(self, seq: torch.Tensor, lens: torch.Tensor, n_out: int, warp: Warp) -> torch.Tensor:
         """[B, S], [B] -> [B, n_out, V] float64: the warped next-token laws at the last n_out positions
         (over ``self.vocab_ids`` only, in that order, when the decoder restricted the vocabulary)."""
-        t0 = time.perf_counter()
-        out = warp.probs(self.backend.logits(self.depth, seq, lens, n_out, vocab_ids=self.vocab_ids))
-        dt = time.perf_counter() - t0
-        self.time_s += dt
-        self.calls += 1
-        rec = self.by_positions.setdefault(n_out, [0, 0.0])
-        rec[0] += 1
-        rec[1] += dt
-        return out
+        return warp.probs(self.backend.logits(self.depth, seq, lens, n_out, vocab_ids=self.vocab_ids))
 
 
 class DrafterLevel:
@@ -112,179 +85,16 @@ class DrafterLevel:
         self.drafter = drafter
         self.name = getattr(drafter, "name", type(drafter).__name__)
         self.vocab_size = vocab_size
-        self.calls = 0
-        self.time_s = 0.0
-        self.by_positions: dict[int, list] = {}
 
     def __repr__(self) -> str:
         return f"<level {self.name}>"
 
-    def propose(self, seq: torch.Tensor, lens: torch.Tensor, n: int) -> torch.Tensor:
-        t0 = time.perf_counter()
+    def propose(self, seq: torch.Tensor, lens: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` proposals per row, placeholders filled, and whether a row proposed an id outside the
+        vocabulary (checked by the caller at its next host read).  -> [B, n] int64, [B] bool"""
         out = self.drafter.propose(seq, lens, n)
-        self.time_s += time.perf_counter() - t0
-        self.calls += 1
-        if tuple(out.shape) != (seq.shape[0], n):
-            raise ValueError(f"drafter {self.name}: proposed shape {tuple(out.shape)}, expected {(seq.shape[0], n)}")
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (seq.shape[0], n):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"drafter {self.name}: proposed shape {got}, expected {(seq.shape[0], n)}")
         out = fill_placeholders(out.to(torch.int64), seq.gather(1, (lens - 1)[:, None])[:, 0])
-        if bool((out >= self.vocab_size).any()) or bool((out < 0).any()):
-            raise ValueError(f"drafter {self.name}: proposed an id outside [0, {self.vocab_size})")
-        return out
-
-
-def _is_drafter(spec: object) -> bool:
-    return isinstance(spec, Drafter) and not isinstance(spec, torch.nn.Module)
-
-
-def _parse_ngram(spec: str) -> NGramDrafter | None:
-    if spec == "ngram":
-        return NGramDrafter()
-    if spec.startswith("ngram:"):
-        try:
-            n = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise ValueError(f"levels: bad n-gram spec {spec!r}; expected 'ngram' or 'ngram:N'") from None
-        return NGramDrafter(max_ngram=n)
-    return None
-
-
-def _split_quantization(name: str) -> tuple[str, str | None]:
-    """``"NAME@int8"`` -> ``("NAME", "int8")``; a name without ``@`` -> ``(name, None)``."""
-    base, sep, quant = name.rpartition("@")
-    if not sep:
-        return name, None
-    if quant not in QUANTIZATIONS or not base:
-        raise ValueError(f"levels: bad quantized model spec {name!r}; expected NAME@{'|'.join(QUANTIZATIONS)}")
-    return base, quant
-
-
-def _model_name(model) -> str:
-    cfg = getattr(model, "config", None)
-    name = getattr(cfg, "_name_or_path", "") or type(model).__name__
-    name = str(name).rstrip("/").split("/")[-1] or type(model).__name__
-    quant = is_quantized(model)
-    return f"{name}@{quant}" if quant else name
-
-
-def resolve_levels(
-    specs: Sequence[object],
-    *,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    loader=None,
-    cache: str = "auto",
-):
-    """Turn level specs (bottom-up, target last) into level objects.
-
-    Returns ``(levels, tokenizer)``; the tokenizer is the first one found (loaded names and
-    ``(model, tokenizer)`` pairs carry one), preferring the target's.
-    """
-    if isinstance(specs, (str, bytes)) or not isinstance(specs, Sequence):
-        raise ValueError(f"levels: expected a sequence of level specs (bottom-up, target last), got {specs!r}")
-    if len(specs) < 1:
-        raise ValueError("levels: at least the target is needed")
-    if cache not in ("auto", "cached", "recompute"):
-        raise ValueError(f"cache: expected 'auto', 'cached' or 'recompute', got {cache!r}")
-    loaded: dict[str, tuple] = {}
-    backends: dict[int, Any] = {}
-    tokenizers: list = []
-
-    def load(name: str):
-        if name not in loaded:
-            if loader is None:
-                try:
-                    from ..models import load as loader_fn
-                except ModuleNotFoundError as exc:  # the registry module is not installed
-                    raise ValueError(f"levels: cannot load model {name!r}: hsd_fast.models is unavailable ({exc})") from None
-            else:
-                loader_fn = loader
-            kwargs = {}
-            if dtype is not None:
-                kwargs["dtype"] = dtype
-            if device is not None:
-                kwargs["device"] = device
-            base, quant = _split_quantization(name)
-            if quant is None:
-                loaded[name] = loader_fn(base, **kwargs)
-            else:  # a quantized copy: loaded separately from the plain model of the same name
-                model, tok = loader_fn(base, **kwargs)
-                loaded[name] = (quantize_int8(model), tok)
-        return loaded[name]
-
-    def prepare(model):
-        if not isinstance(model, torch.nn.Module):
-            raise ValueError(f"levels: expected a torch causal LM, got {type(model).__name__}")
-        if device is not None or dtype is not None:
-            model.to(device=device, dtype=dtype)
-        return model
-
-    def backend_for(model):
-        key = id(model)
-        if key not in backends and isinstance(model, TableModel):
-            backends[key] = TableBackend(model, device=device)
-        if key not in backends:
-            model = prepare(model)
-            if cache == "recompute" or (cache == "auto" and supports_cached(model) is not None):
-                backends[key] = RecomputeLM(model, _model_name(model))
-            else:
-                backends[key] = CachedLM(model, _model_name(model))
-        return backends[key]
-
-    levels: list = []
-    pending_drafter = None
-    for i, spec in enumerate(specs):
-        if isinstance(spec, str):
-            ng = _parse_ngram(spec)
-            if ng is not None:
-                spec = ng
-            else:
-                model, tok = load(spec)
-                tokenizers.append((i, tok))
-                spec = model
-        if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], torch.nn.Module):
-            tokenizers.append((i, spec[1]))
-            spec = spec[0]
-        if _is_drafter(spec):
-            if i != 0:
-                raise ValueError(f"levels[{i}]: a model-free drafter can only be level 0 (the bottom); it has no distribution to verify with")
-            if len(specs) == 1:
-                raise ValueError("levels: a model-free drafter cannot be the target")
-            pending_drafter = spec
-            levels.append(None)
-            continue
-        if isinstance(spec, EarlyExit):
-            model = spec.model
-            if isinstance(model, str):
-                model, tok = load(model)
-                tokenizers.append((i, tok))
-            be = backend_for(model)
-            layers = spec.layers
-            if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= be.n_layers:
-                raise ValueError(f"levels[{i}]: EarlyExit layers must be an int in [1, {be.n_layers}], got {layers!r}")
-            levels.append(ModelLevel(be, layers, f"{be.name}[:{layers}]"))
-            continue
-        if isinstance(spec, (torch.nn.Module, TableModel)):
-            be = backend_for(spec)
-            levels.append(ModelLevel(be, be.n_layers, be.name))
-            continue
-        if isinstance(spec, Level):
-            if not isinstance(spec.vocab_size, int) or isinstance(spec.vocab_size, bool) or spec.vocab_size < 1:
-                raise ValueError(f"levels[{i}]: a custom level's vocab_size must be an int >= 1, got {spec.vocab_size!r}")
-            if not callable(spec.probs):
-                raise ValueError(f"levels[{i}]: a custom level's probs must be callable")
-            levels.append(spec)
-            continue
-        raise ValueError(f"levels[{i}]: cannot interpret {spec!r} as a level (drafter, model, EarlyExit, name or custom level)")
-    vocab = levels[-1].vocab_size
-    if pending_drafter is not None:
-        levels[0] = DrafterLevel(pending_drafter, vocab)
-    for i, lvl in enumerate(levels):
-        if lvl.vocab_size != vocab:
-            raise ValueError(
-                f"levels[{i}]: vocabulary size {lvl.vocab_size} of {level_name(lvl)} differs from the target's {vocab}; "
-                "every level must share the target's vocabulary"
-            )
-    tokenizer = None
-    if tokenizers:
-        tokenizer = sorted(tokenizers, key=lambda t: -t[0])[0][1]
-    return levels, tokenizer
+        return out, ((out >= self.vocab_size) | (out < 0)).any(-1)

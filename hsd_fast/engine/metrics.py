@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["LevelMetrics", "Metrics"]
+import torch
+
+__all__ = ["LevelMetrics", "Metrics", "Tally"]
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Metrics:
     target_rounds: int = 0  # target verification rounds, per active row (= levels[-1].rounds)
     target_calls: int = 0  # batched target forward calls during decoding (the prefill is not one)
     prefill_s: float = 0.0  # the prompts' prefill on every caching backend (part of wall_time_s)
+    timed: bool = False  # level calls and verifications were timed (SpeculativeDecoder(timing=True))
 
     @property
     def tokens_per_s(self) -> float:
@@ -127,6 +130,7 @@ class Metrics:
             "target_rounds": self.target_rounds,
             "prefill_s": self.prefill_s,
             "decode_s": self.decode_s,
+            "timed": self.timed,
             "verify_s": self.verify_s,
             "other_s": self.other_s,
             "levels": [lv.as_dict() for lv in self.levels],
@@ -162,19 +166,79 @@ class Metrics:
         lines = [
             f"new tokens {self.new_tokens}  wall {self.wall_time_s:.3f} s  {self.tokens_per_s:.2f} tok/s  "
             f"tokens/target call {'n/a' if tpc is None else f'{tpc:.3f}'}",
-            f"  prefill {self.prefill_s:.3f} s, decode {self.decode_s:.3f} s (verification kernels "
-            f"{self.verify_s:.3f} s, engine bookkeeping {self.other_s:.3f} s)",
+            f"  prefill {self.prefill_s:.3f} s, decode {self.decode_s:.3f} s"
+            + (f" (verification kernels {self.verify_s:.3f} s, engine bookkeeping {self.other_s:.3f} s)" if self.timed else " (level calls untimed)"),
         ]
         for i, lv in enumerate(self.levels):
             s = f"  L{i} {lv.kind:7s} {lv.name}"
             if lv.threshold is not None:
                 s += f" (T={lv.threshold})"
-            s += f": calls {lv.calls}, {lv.time_s:.3f} s"
-            if lv.calls:
-                s += f" ({1000 * lv.time_s / lv.calls:.2f} ms/call)"
+            s += f": calls {lv.calls}"
+            if self.timed:
+                s += f", {lv.time_s:.3f} s" + (f" ({1000 * lv.time_s / lv.calls:.2f} ms/call)" if lv.calls else "")
             if lv.scheme is not None:
                 a = "n/a" if lv.acceptance_rate is None else f"{lv.acceptance_rate:.3f}"
                 al = "n/a" if lv.alpha is None else f"{lv.alpha:.3f}"
                 s += f"; verifies L{i - 1} with {lv.scheme}: accepted {lv.accepted}/{lv.drafted} ({a}), alpha {al}"
             lines.append(s)
         return "\n".join(lines)
+
+
+class Tally:
+    """The counts of one ``generate`` call as it runs: verification counts on the device (read once,
+    by :meth:`into`), call counts on the host (the host knows every call it makes), seconds only when
+    the call was timed."""
+
+    _FIELDS = ("rounds", "drafted", "accepted", "rejections", "tested")
+
+    def __init__(self, dec, device: torch.device):
+        L = len(dec.levels)
+        self.counts = torch.zeros(L, len(self._FIELDS), dtype=torch.int64, device=device)  # [L, 5]
+        self.minpq = torch.zeros(L, dtype=torch.float64, device=device)  # [L]
+        # level i >= 1 verifies batches of T_{i-1} tokens: accepted counts 0..T_{i-1}
+        self.hist = [torch.zeros(dec.thresholds[i - 1] + 1 if i else 1, dtype=torch.int64, device=device) for i in range(L)]
+        self.point_mass = [i > 0 and getattr(dec.levels[i - 1], "kind", None) == "drafter" for i in range(L)]
+        self.calls, self.time_s, self.verify_s = [0] * L, [0.0] * L, [0.0] * L
+        self.by_positions: list[dict] = [{} for _ in range(L)]
+        self.drafter = [getattr(lvl, "kind", None) == "drafter" for lvl in dec.levels]
+
+    def call(self, level: int, positions: int, seconds: float) -> None:
+        """One call of ``level`` scoring ``positions`` positions per row (a drafter: proposing them)."""
+        self.calls[level] += 1
+        self.time_s[level] += seconds
+        if not self.drafter[level]:
+            rec = self.by_positions[level].setdefault(positions, [0, 0.0])
+            rec[0] += 1
+            rec[1] += seconds
+
+    def verified(self, level: int, seconds: float) -> None:
+        self.verify_s[level] += seconds
+
+    def autoregressive(self, active: torch.Tensor) -> None:
+        self.counts[0, 0] += active.sum()
+
+    def record(self, level: int, target_probs, draft_probs, draft_tokens, num_accepted, active) -> None:
+        """One verification by ``level``: target_probs [B, T+1, V], draft_probs [B, T, V], draft_tokens
+        [B, T], num_accepted [B], active [B] bool (only active rows count)."""
+        T = draft_probs.shape[1]
+        a = active.to(torch.int64)
+        tested = (torch.arange(T, device=a.device)[None, :] <= num_accepted[:, None]) & active[:, None]  # [B, T]
+        if self.point_mass[level]:  # point masses: sum_v min(p, q) = p(proposal)
+            overlap = target_probs[:, :T].gather(-1, draft_tokens[..., None])[..., 0]  # [B, T]
+        else:
+            overlap = torch.minimum(target_probs[:, :T], draft_probs).sum(-1)  # [B, T]
+        rounds = a.sum()
+        self.counts[level] += torch.stack([rounds, rounds * T, (num_accepted * a).sum(), ((num_accepted < T).to(torch.int64) * a).sum(), tested.sum()])
+        self.minpq[level] += (overlap * tested).sum()
+        self.hist[level].scatter_add_(0, num_accepted, a)
+
+    def into(self, levels: list[LevelMetrics]) -> None:
+        """Write the totals into ``levels`` (one host read of the device counts)."""
+        counts, minpq, *hist = (x.tolist() for x in (self.counts, self.minpq, *self.hist))
+        for i, lm in enumerate(levels):
+            for name, value in zip(self._FIELDS, counts[i]):
+                setattr(lm, name, value)
+            lm.minpq_sum = minpq[i]
+            lm.accept_counts = hist[i] if i and lm.rounds else []
+            lm.calls, lm.time_s, lm.verify_s = self.calls[i], self.time_s[i], self.verify_s[i]
+            lm.by_positions = {k: list(v) for k, v in self.by_positions[i].items()}

@@ -4,7 +4,7 @@
 :class:`hsd_fast.engine.SpeculativeDecoder`'s levels do not produce yet (issue 15).  Until they do,
 their fidelity rows come from this small loop over an exact toy pair (``hsd_ref.TableLM``): draft
 ``N`` drafts of ``K`` tokens per row (the draft convention of ``hsd_ref.multidraft``), score them,
-verify with the kernels of ``hsd_fast.verify``, append the accepted tokens and the recovered/bonus
+verify with the kernels of ``hsd_fast.kernels``, append the accepted tokens and the recovered/bonus
 token, repeat.  It is vectorised over samples through :class:`ToyTables` (every conditional of the
 pair precomputed per context, indexed by a state number).  Single-draft schemes are never sampled
 here: they go through the engine (:mod:`hsd_fast.fidelity.cells`).
@@ -220,8 +220,8 @@ def _check_output(tok: torch.Tensor, n_acc: torch.Tensor, d_tok: torch.Tensor, A
 
 
 def fast_verify(scheme: str, target_probs, draft_probs, draft_tokens, draws):
-    """``hsd_fast.verify`` with explicit draws (imported lazily: the kernels live in hsd_fast.verify)."""
-    from hsd_fast.verify import verify
+    """``hsd_fast.verify`` with explicit draws (imported lazily from :mod:`hsd_fast.kernels`)."""
+    from hsd_fast.kernels import verify
 
     out = verify(scheme, target_probs, draft_probs, draft_tokens, draws=draws)
     return out.tokens, out.num_accepted

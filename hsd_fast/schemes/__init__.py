@@ -4,7 +4,7 @@ One module per scheme, named like its exact twin in :mod:`hsd_ref.schemes`.  Eac
 vectorised kernel ``<name>(target_probs, draft_probs, draft_tokens, draws)`` (no Python loop over the
 batch) and a plain loop twin ``<name>_loop`` with the identical signature (a Python loop over rows,
 positions and candidates, after vLLM's ``native_*`` references).  Both take inputs that
-:func:`hsd_fast.verify.verify` has already validated, and ``draws`` as a float64 ``[B, D]`` tensor on
+:func:`hsd_fast.kernels.verify` has already validated, and ``draws`` as a float64 ``[B, D]`` tensor on
 the inputs' device; neither draws randomness of its own.  Both return :class:`VerifyOutput`.
 
 Conventions (the DRAW CONVENTION of :mod:`hsd_ref.scheme` and :mod:`hsd_ref.multidraft`):
@@ -109,10 +109,8 @@ def sample_inverse_cdf(weights: torch.Tensor, u: torch.Tensor, fallback: torch.T
     """
     lead, V = weights.shape[:-1], weights.shape[-1]
     cdf = torch.cumsum(weights.reshape(-1, V), dim=-1, dtype=torch.float64)  # [B, V]
-    if fallback is not None:
-        empty = torch.nonzero(cdf[:, -1] == 0).squeeze(1)  # a non-negative row sums to 0 iff it is 0
-        if empty.numel():
-            cdf[empty] = torch.cumsum(fallback.reshape(-1, V)[empty], dim=-1, dtype=torch.float64)
+    if fallback is not None:  # a non-negative row sums to 0 iff it is 0 (selected without a host read)
+        cdf = torch.where(cdf[:, -1:] == 0, torch.cumsum(fallback.reshape(-1, V), dim=-1, dtype=torch.float64), cdf)
     total = cdf[:, -1:].contiguous()  # [B, 1]
     x = u.reshape(-1).to(torch.float64).unsqueeze(-1) * total  # [B, 1]
     idx = torch.searchsorted(cdf, x, right=True)  # [B, 1]

@@ -37,7 +37,6 @@ from . import (
 __all__ = ["block", "block_loop"]
 
 NAME = "block"
-MULTI_DRAFT = False
 
 
 
@@ -64,34 +63,27 @@ def block(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_tokens: t
     pi = torch.stack(pis, dim=1)  # [B, K+1]
 
     # backward scan: tau = the largest i with draws[:, i-1] < h_i (0 if none).  h_K = pi_K; h_i for
-    # i < K is computed only for the rows whose tests above i all failed (one host sync per i).
+    # i < K matters only for the rows whose tests above i all failed; it is computed for every row
+    # and masked, so the scan never reads anything on the host.
     tau = torch.zeros(B, dtype=torch.int64, device=device)
     if K:
         passed = draws[:, K - 1] < pi[:, K].to(torch.float64)
-        tau[passed] = K
-        scanning = ~passed
+        tau = torch.where(passed, K, tau)
+        scanning = ~passed  # [B]
         for i in range(K - 1, 0, -1):
-            idx = torch.nonzero(scanning).squeeze(1)
-            if idx.numel() == 0:
-                break
-            pi_i = pi[idx, i]  # [A]
-            if idx.numel() == B:  # every row still scanning: strided views instead of row copies
-                p_i, q_i = target_probs[:, i], draft_probs[:, i]
-            else:
-                p_i, q_i = target_probs[idx, i], draft_probs[idx, i]
-            s = positive_excess(p_i, q_i, tol, scale=pi_i.unsqueeze(1)).sum(dim=-1)  # S_i, [A]
+            pi_i = pi[:, i]  # [B]
+            s = positive_excess(target_probs[:, i], draft_probs[:, i], tol, scale=pi_i.unsqueeze(1)).sum(dim=-1)  # S_i, [B]
             reach = s + (1.0 - pi_i)  # exactly s when pi_i == 1, so h_i == 1 exactly
             h = torch.where(reach > 0, s / torch.where(reach > 0, reach, torch.ones_like(reach)), torch.ones_like(s))
-            ok = draws[idx, i - 1] < h.to(torch.float64)
-            tau[idx[ok]] = i
-            scanning[idx[ok]] = False
+            ok = scanning & (draws[:, i - 1] < h.to(torch.float64))
+            tau = torch.where(ok, i, tau)
+            scanning = scanning & ~ok
 
     p_row = target_probs[rows, tau]  # [B, V]
     if K:
         q_row = draft_probs[rows, tau.clamp(max=K - 1)]  # [B, V]
         weights = positive_excess(p_row, q_row, tol, scale=pi[rows, tau].unsqueeze(1))
-        bonus = torch.nonzero(tau == K).squeeze(1)
-        weights[bonus] = p_row[bonus]  # all accepted: the bonus token comes from p_{K+1}
+        weights = torch.where((tau == K).unsqueeze(1), p_row, weights)  # all accepted: the bonus token comes from p_{K+1}
     else:
         weights = p_row
     emitted = sample_inverse_cdf(weights, draws[:, K], fallback=p_row)

@@ -18,7 +18,6 @@ from . import VerifyOutput, assemble_rows
 __all__ = ["greedy", "greedy_loop"]
 
 NAME = "greedy"
-MULTI_DRAFT = False
 
 
 def greedy(target_probs: torch.Tensor, draft_probs: torch.Tensor | None, draft_tokens: torch.Tensor, draws: torch.Tensor) -> VerifyOutput:

@@ -41,7 +41,6 @@ from . import (
 __all__ = ["hsd_capped", "hsd_capped_loop"]
 
 NAME = "hsd_capped"
-MULTI_DRAFT = False
 
 
 
@@ -73,38 +72,31 @@ def hsd_capped(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_toke
     ones = torch.ones(B, 1, dtype=dtype, device=device)
     scale = torch.cat([ones, snap_to_one(torch.exp(log_r - log_m), tol)], dim=1)  # [B, K+1]: s_0..s_K
 
-    # backward scan (as block verification): h_K first, then h_t for t = K-1..1 only for the rows whose
-    # tests above t all failed; h_t = 0 past the cut (t > m)
+    # backward scan (as block verification): h_K first, then h_t for t = K-1..1, which matters only
+    # for the rows whose tests above t all failed (computed for every row and masked: no host read);
+    # h_t = 0 past the cut (t > m)
     cap_before = log_m[:, K - 2] if K >= 2 else torch.zeros(B, dtype=dtype, device=device)  # log M_{K-1}
     final = snap_to_one(torch.exp(log_r[:, K - 1] - cap_before).clamp(max=1.0), tol)
     final = torch.where(m == K, final, torch.zeros_like(final))
-    tau = torch.zeros(B, dtype=torch.int64, device=device)
     passed = draws[:, K - 1] < final.to(torch.float64)
-    tau[passed] = K
-    scanning = ~passed
+    tau = torch.where(passed, K, torch.zeros(B, dtype=torch.int64, device=device))
+    scanning = ~passed  # [B]
     for t in range(K - 1, 0, -1):
-        idx = torch.nonzero(scanning & (m >= t)).squeeze(1)
-        if idx.numel() == 0:
-            continue
-        if idx.numel() == B:  # every row still scanning: strided views instead of row copies
-            p_t, q_t = target_probs[:, t], draft_probs[:, t]
-        else:
-            p_t, q_t = target_probs[idx, t], draft_probs[idx, t]
-        a = scale[idx, t : t + 1] * p_t  # [A, V]: s_t p_{t+1}
+        q_t = draft_probs[:, t]  # [B, V]
+        a = scale[:, t : t + 1] * target_probs[:, t]  # [B, V]: s_t p_{t+1}
         plus = positive_excess(a, q_t, tol).sum(dim=-1)  # D*(p, q) / Q_t
         minus = positive_excess(q_t, a, tol).sum(dim=-1)  # D*(q, p) / Q_t
         h = torch.where(minus > 0, plus / torch.where(minus > 0, minus, torch.ones_like(minus)), torch.ones_like(plus))
         h = snap_to_one(h, tol)  # plus == minus exactly when s_t == 1
-        ok = draws[idx, t - 1] < h.to(torch.float64)
-        tau[idx[ok]] = t
-        scanning[idx[ok]] = False
+        ok = scanning & (m >= t) & (draws[:, t - 1] < h.to(torch.float64))
+        tau = torch.where(ok, t, tau)
+        scanning = scanning & ~ok
 
     p_row = target_probs[rows, tau]  # [B, V]
     q_row = draft_probs[rows, tau.clamp(max=K - 1)]  # [B, V]
     # the capped residual of branch tau (tau <= m always, since h_t = 0 past the cut) ...
     weights = positive_excess(scale[rows, tau].unsqueeze(1) * p_row, q_row, tol)
-    bonus = torch.nonzero(tau == K).squeeze(1)
-    weights[bonus] = p_row[bonus]  # ... or, all accepted, the bonus row p_{K+1}
+    weights = torch.where((tau == K).unsqueeze(1), p_row, weights)  # ... or, all accepted, the bonus row p_{K+1}
     emitted = sample_inverse_cdf(weights, draws[:, K], fallback=p_row)
     return VerifyOutput(assemble_rows(draft_tokens, tau, emitted), tau, None)
 

@@ -35,7 +35,6 @@ from . import (
 __all__ = ["rrs", "rrs_loop", "rrs_node", "rrs_node_loop"]
 
 NAME = "rrs"
-MULTI_DRAFT = True
 
 
 def _normalise_rows(w: torch.Tensor, keep_if_empty: torch.Tensor) -> torch.Tensor:

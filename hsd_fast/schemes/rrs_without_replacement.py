@@ -23,7 +23,6 @@ from .rrs import rrs_node, rrs_node_loop
 __all__ = ["rrs_without_replacement", "rrs_without_replacement_loop"]
 
 NAME = "rrs_without_replacement"
-MULTI_DRAFT = True
 
 
 def rrs_without_replacement(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_tokens: torch.Tensor, draws: torch.Tensor) -> VerifyOutput:

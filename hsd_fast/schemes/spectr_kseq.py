@@ -47,7 +47,6 @@ from . import (
 __all__ = ["spectr_kseq", "spectr_kseq_loop", "kseq_rho", "kseq_rho_loop", "RHO_HALVINGS"]
 
 NAME = "spectr_kseq"
-MULTI_DRAFT = True
 RHO_HALVINGS = 30
 LEVELS_PER_ROUND = 6  # halvings decided per pass of the bucketed bisection (64 buckets)
 TOL = tie_tolerance(torch.float64, 64)

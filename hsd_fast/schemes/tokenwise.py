@@ -29,7 +29,6 @@ from . import (
 __all__ = ["tokenwise", "tokenwise_loop"]
 
 NAME = "tokenwise"
-MULTI_DRAFT = False
 
 
 def tokenwise(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_tokens: torch.Tensor, draws: torch.Tensor) -> VerifyOutput:
@@ -47,7 +46,7 @@ def tokenwise(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_token
     p_row = target_probs[rows, num_accepted]  # [B, V]: the row at the stopping position
     if K:
         q_row = draft_probs[rows, num_accepted.clamp(max=K - 1)]  # [B, V] (a copy)
-        q_row[num_accepted == K] = 0  # all accepted: max(p_{K+1} - 0, 0) is the bonus row itself
+        q_row = q_row.masked_fill((num_accepted == K).unsqueeze(1), 0)  # all accepted: max(p_{K+1} - 0, 0) is the bonus row itself
         weights = positive_excess(p_row, q_row)
     else:
         weights = p_row

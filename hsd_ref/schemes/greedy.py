@@ -27,6 +27,7 @@ class Greedy(SingleDraftScheme):
     name = "greedy"
     lossless = True
     theorem = "proofs/coq/SpecLossless.v: spec_decoding_lossless (on point masses); proofs/smt: greedy"
+    needs_draws = False
     needs_draft_probs = False
 
     def reference(self, target: TableLM) -> TableLM:
@@ -34,9 +35,6 @@ class Greedy(SingleDraftScheme):
 
     def proposal(self, draft: TableLM) -> TableLM:
         return draft.argmax_model()
-
-    def draws_needed(self, k: int) -> int:
-        return 0
 
     def plan(self, target_probs, draft_probs, draft_tokens) -> Plan:
         k = len(draft_tokens)

@@ -277,7 +277,7 @@ def test_target_alone_bad_input(models):
 
 def test_metrics_split_prefill_verification_and_bookkeeping(models):
     draft, target, tok = models
-    dec = SpeculativeDecoder([draft, target], thresholds=3, tokenizer=tok, eos_token_id=None)
+    dec = SpeculativeDecoder([draft, target], thresholds=3, tokenizer=tok, eos_token_id=None, timing=True)
     m = dec.generate(PROMPTS, max_new_tokens=8, seeds=[1, 2, 3]).metrics
     assert 0 < m.prefill_s < m.wall_time_s
     assert m.decode_s == pytest.approx(m.wall_time_s - m.prefill_s)
@@ -287,6 +287,11 @@ def test_metrics_split_prefill_verification_and_bookkeeping(models):
     assert set(m.levels[0].by_positions) == {1} and set(m.levels[1].by_positions) == {4}
     d = m.as_dict()
     assert d["levels"][1]["rejections"] == m.levels[1].rejections and d["prefill_s"] == m.prefill_s
+    # without timing= the calls are counted and no level call or verification is timed
+    untimed = SpeculativeDecoder([draft, target], thresholds=3, tokenizer=tok, eos_token_id=None).generate(PROMPTS, max_new_tokens=8, seeds=[1, 2, 3]).metrics
+    assert [lv.calls for lv in untimed.levels] == [lv.calls for lv in m.levels] and untimed.levels[1].rounds == m.levels[1].rounds
+    assert untimed.verify_s == 0 and all(lv.time_s == 0 for lv in untimed.levels)
+    assert untimed.levels[1].by_positions == {4: [m.levels[1].by_positions[4][0], 0.0]}
 
 
 # ############################################################ draw for draw against hsd_ref
@@ -424,7 +429,7 @@ def test_greedy_eos_matches_plain_decoding(models):
 
 def test_metrics_are_consistent(models):
     draft, target, tok = models
-    dec = SpeculativeDecoder(["ngram", draft, EarlyExit(target, 2), target], thresholds=(2, 3, 4), tokenizer=tok, eos_token_id=None)
+    dec = SpeculativeDecoder(["ngram", draft, EarlyExit(target, 2), target], thresholds=(2, 3, 4), tokenizer=tok, eos_token_id=None, timing=True)
     res = dec.generate(PROMPTS, max_new_tokens=10, seeds=[1, 2, 3])
     m = res.metrics
     assert m.new_tokens == 30 and m.tokens_per_s > 0

@@ -144,7 +144,7 @@ def test_hsd_capped_placeholder_regression_kernel_inputs():
     here, the same point mass) computes exactly that, and the zero-row convention is refused by the
     validating API."""
     from hsd_fast.drafters import point_mass_rows
-    from hsd_fast.verify import verify
+    from hsd_fast.kernels import verify
 
     p3 = torch.tensor([[[0.7, 0.3, 0.0], [0.2, 0.8, 0.0], [0.5, 0.5, 0.0]]], dtype=torch.float64)
     tok = torch.tensor([[1, 2]])

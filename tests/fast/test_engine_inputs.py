@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from hsd_fast.engine import SpeculativeDecoder
+from hsd_fast.engine import step
 from hsd_fast.engine.tables import TableModel
 from hsd_fast.tiny import tiny_llama
 from hsd_fast.warp import Warp
@@ -126,7 +127,7 @@ def test_tiny_temperature_is_sampled_exactly(tiny):
 # ------------------------------------------------------------------------ arguments
 
 
-def test_bad_arguments_are_value_errors_naming_them(toy):
+def test_bad_arguments_are_value_errors_naming_them(toy, monkeypatch):
     T, D = toy
     with pytest.raises(ValueError, match="thresholds"):
         SpeculativeDecoder([D, T], thresholds=4.0)
@@ -142,8 +143,7 @@ def test_bad_arguments_are_value_errors_naming_them(toy):
         SpeculativeDecoder([D, T], verify_fn=3)
     dec = SpeculativeDecoder([D, T], eos_token_id=None)
     calls = []
-    orig = dec._iteration
-    dec._iteration = lambda *a: calls.append(1) or orig(*a)
+    monkeypatch.setattr(step, "iteration", lambda *a, _orig=step.iteration: calls.append(1) or _orig(*a))
     with pytest.raises(ValueError, match="seeds"):
         dec.generate([[0], [1]], seeds=3)
     with pytest.raises(ValueError, match="on_tokens"):

@@ -154,7 +154,7 @@ def test_multidraft_sampler_reports_malformed_kernel_output():
     tables = ToyTables.build(target, draft, 8)
 
     def unpadded(name, target_probs, draft_probs, draft_tokens, draws):
-        from hsd_fast.verify import verify
+        from hsd_fast.kernels import verify
 
         out = verify("rrs", target_probs, draft_probs, draft_tokens, draws=draws)
         return out.tokens.clamp(min=0), out.num_accepted  # 0 where -1 padding belongs

@@ -13,7 +13,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from hsd_fast.verify import KERNELS, ROW_SUM_TOL, draws_needed, verify
+from hsd_fast.kernels import KERNELS, ROW_SUM_TOL, draws_needed, verify
 from tests.fast.test_kernels import assert_same, random_draws, random_multi, random_single
 
 ALL = list(KERNELS)

@@ -17,7 +17,7 @@ import torch
 
 import hsd_ref
 from hsd_fast.rng import reference_uniform, row_keys, seeded_uniforms, stream_bits
-from hsd_fast.verify import KERNELS, VerifyOutput, draws_needed, get_kernel, verify
+from hsd_fast.kernels import KERNELS, VerifyOutput, draws_needed, get_kernel, verify
 
 SINGLE = [n for n, s in KERNELS.items() if not s.multi_draft]
 MULTI = [n for n, s in KERNELS.items() if s.multi_draft]

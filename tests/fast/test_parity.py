@@ -33,7 +33,7 @@ import hsd_ref
 from hsd_ref.exact import sample_index
 from hsd_ref.strategies import distributions as exact_distributions
 from hsd_ref.strategies import draws as exact_draws
-from hsd_fast.verify import KERNELS, draws_needed, verify
+from hsd_fast.kernels import KERNELS, draws_needed, verify
 
 DELTA = 1e-9
 MAX_SKIP_FRACTION = 0.05

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hsd_fast.engine import SpeculativeDecoder
-from hsd_fast.engine.levels import resolve_levels
+from hsd_fast.engine.specs import resolve_levels
 from hsd_fast.quant import Int8Linear, is_quantized, quantize_int8
 from hsd_fast.tiny import tiny_pair
 from tests.helpers import plain_greedy

@@ -1,7 +1,8 @@
-"""``verify``: batched, draw-for-draw verification with every lossless scheme of :mod:`hsd_ref`.
+"""The verification kernels: ``verify``, batched, draw-for-draw verification with every lossless
+scheme of :mod:`hsd_ref`, and the registry ``KERNELS`` of the kernels behind it.
 
 >>> import torch
->>> from hsd_fast.verify import verify
+>>> from hsd_fast.kernels import verify
 >>> target = torch.tensor([[[0.5, 0.5], [0.25, 0.75]]], dtype=torch.float64)  # [B=1, K+1=2, V=2]
 >>> draft = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)                   # [B=1, K=1, V=2]
 >>> out = verify("tokenwise", target, draft, torch.tensor([[0]]), draws=torch.tensor([[0.25, 0.5]]))
@@ -40,10 +41,12 @@ multi-draft inputs, rows of drafts that share their first ``t`` real tokens equa
 tolerance at position ``t`` (the kernels use the rows of the lowest such slot).  Every error is a
 ``ValueError`` whose message starts with the offending argument.  Inputs are never modified.
 
-Performance (docs/kernels.md): the kernels are written for a GPU (whole-batch tensor ops; block,
-hsd_capped and the multi-draft walk gather the rows still in play with one ``nonzero`` per position,
-a host sync).  On a CPU whose last-level cache is smaller than a [B, V] tensor, ``impl="loop"``
-(row by row, in cache) is faster.
+Performance (docs/kernels.md): the kernels are written for a GPU (whole-batch tensor ops).  The
+single-draft kernels never read anything on the host (block and hsd_capped compute their backward
+scan for every row and mask it), so they queue on a CUDA stream without waiting; the multi-draft
+walk gathers the rows still in play with one ``nonzero`` per position, a host sync.  On a CPU
+whose last-level cache is smaller than a [B, V] tensor, ``impl="loop"`` (row by row, in cache) is
+faster.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from hsd_ref.registry import SCHEMES as REF_SCHEMES
 
 from .rng import seeded_uniforms
 from .schemes import PLACEHOLDER, VerifyOutput
@@ -80,25 +85,32 @@ ROW_SUM_TOL = {torch.float32: math.sqrt(torch.finfo(torch.float32).eps), torch.f
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """One scheme of the fast engine: its vectorised kernel and loop twin (same signature)."""
+    """One scheme of the fast engine: its vectorised kernel and loop twin (same signature), and the
+    capability flags of its exact twin ``hsd_ref.registry.SCHEMES[name]``: ``multi_draft`` (inputs
+    carry an N axis), ``needs_draws`` (False: no uniforms) and ``needs_draft_probs`` (False:
+    ``draft_probs`` may be ``None``)."""
 
     name: str
     kernel: Callable[..., VerifyOutput]
     loop: Callable[..., VerifyOutput]
     multi_draft: bool
-    needs_draws: bool = True
-    needs_draft_probs: bool = True
+    needs_draws: bool
+    needs_draft_probs: bool
 
 
-def _spec(module, **kw) -> KernelSpec:
-    return KernelSpec(module.NAME, getattr(module, module.NAME), getattr(module, module.NAME + "_loop"), module.MULTI_DRAFT, **kw)
+def _spec(module) -> KernelSpec:
+    """The kernel pair of a :mod:`hsd_fast.schemes` module; its flags are read from the hsd_ref scheme
+    of the same name, the one place they are defined."""
+    ref = REF_SCHEMES[module.NAME]
+    kernel, loop = getattr(module, module.NAME), getattr(module, module.NAME + "_loop")
+    return KernelSpec(module.NAME, kernel, loop, ref.multi_draft, ref.needs_draws, ref.needs_draft_probs)
 
 
 KERNELS: dict[str, KernelSpec] = {
     s.name: s
     for s in (
         _spec(_tokenwise),
-        _spec(_greedy, needs_draws=False, needs_draft_probs=False),
+        _spec(_greedy),
         _spec(_block),
         _spec(_hsd_capped),
         _spec(_rrs),
