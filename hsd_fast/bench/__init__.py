@@ -12,6 +12,11 @@ generation and the latency model (docs/benchmarks.md).
 ``hsd-fast bench`` runs the full grid and rewrites ``docs/benchmarks.md``; ``--quick`` is a 2-prompt
 smoke run of the real models; ``--tiny`` runs every code path on random tiny models (no download,
 seconds; the test suite uses it).
+
+``hsd-fast bench --batch-sweep`` (:mod:`.sweep`, :mod:`.sweep_report`) measures aggregate tokens/s
+against the batch size instead (``--batch-sizes 1,2,4,8,16``; with ``--tiny`` / ``--quick`` too) and
+rewrites only the "Batch sweep" section of ``benchmarks.md`` and ``batch_sweep`` in ``bench.json``;
+the suites' report carries that section over when it is regenerated.
 """
 
 from __future__ import annotations
@@ -45,6 +50,13 @@ def add_cli(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="keep the results in WORK and run only what is missing")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from WORK without running anything (the machine table and command stay the measuring run's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--batch-sweep", action="store_true",
+                   help="aggregate tokens/s against the batch size (SmolLM2 + n-gram, Qwen 0.5B -> 1.5B; autoregressive, "
+                        "speculative K=4, transformers generate) instead of the suites; rewrites only the Batch sweep "
+                        "section (sweep results: WORK/sweep.jsonl; --report-only re-reports them)")
+    p.add_argument("--batch-sizes", default=None, help="--batch-sweep: comma-separated batch sizes (default 1,2,4,8,16; tiny 1,2,4)")
+    p.add_argument("--humaneval-first", type=int, default=None, metavar="I",
+                   help="--batch-sweep: index of the first HumanEval task (default 100; --humaneval N prompts, default 8)")
     p.set_defaults(func=run)
 
 
@@ -54,9 +66,31 @@ def _positive(name: str, v):
     return v
 
 
+def _temperatures(args) -> tuple[float, ...] | None:
+    if not args.temperatures:
+        return None
+    try:
+        temps = tuple(float(t) for t in args.temperatures.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"--temperatures: expected comma-separated numbers, got {args.temperatures!r}") from None
+    if not temps or any(t < 0 for t in temps):
+        raise ValueError(f"--temperatures: expected numbers >= 0, got {args.temperatures!r}")
+    return temps
+
+
+def _paths(args, default_out: Path) -> tuple[Path, Path]:
+    """``(out, work)``: ``--out`` (default ``default_out``) and ``--work`` (default ``out/bench`` for
+    docs, else ``OUT/work``)."""
+    out = Path(args.out) if args.out else default_out
+    work = Path(args.work) if args.work else (Path("out/bench") if out == Path("docs") else out / "work")
+    return out, work
+
+
 def _select(args):
     from .suites import default_suites, quick_suites, tiny_suites
 
+    if args.batch_sizes is not None or args.humaneval_first is not None:
+        raise ValueError("--batch-sizes / --humaneval-first: only with --batch-sweep")
     if args.tiny:
         suites, out, tokens = tiny_suites(), Path("out/bench-tiny"), 12
     elif args.quick:
@@ -70,19 +104,11 @@ def _select(args):
         if unknown:
             raise ValueError(f"--suites: unknown suite(s) {unknown}; this mode has {sorted(known)}")
         suites = [s for s in suites if s.name in names]
-    temps = None
-    if args.temperatures:
-        try:
-            temps = tuple(float(t) for t in args.temperatures.split(",") if t.strip())
-        except ValueError:
-            raise ValueError(f"--temperatures: expected comma-separated numbers, got {args.temperatures!r}") from None
-        if not temps or any(t < 0 for t in temps):
-            raise ValueError(f"--temperatures: expected numbers >= 0, got {args.temperatures!r}")
+    temps = _temperatures(args)
     hum = _positive("--humaneval", args.humaneval)
     spb = _positive("--spec-bench-per-category", args.spec_bench_per_category)
     suites = [s.with_overrides(temperatures=temps, n_prompts=(hum if s.prompts == "humaneval" else spb)) for s in suites]
-    out = Path(args.out) if args.out else out
-    work = Path(args.work) if args.work else (Path("out/bench") if out == Path("docs") else out / "work")
+    out, work = _paths(args, out)
     tokens = _positive("--max-new-tokens", args.max_new_tokens) or tokens
     return suites, out, work, tokens
 
@@ -96,6 +122,10 @@ def run(args) -> int:
     from .runner import Settings, _load_jsonl, run_suites
 
     # errors (ValueError / OSError) are printed as one line by hsd_fast.cli.main
+    if args.batch_sweep:
+        from .sweep import run_cli
+
+        return run_cli(args)
     suites, out, work, tokens = _select(args)
     check_threads(args.threads)
     check_device(args.device)

@@ -225,9 +225,18 @@ def _existing_analysis(md_path: Path) -> str | None:
 
 def write_report(out_dir: Path, *, rows: list[dict], records: list[dict], calibs: dict, suites: list, machine: dict,
                  settings: dict, command: str, main_suite: tuple[str, float] | None = None) -> Path:
-    """Write ``bench.json``, the plots (``bench/``) and ``benchmarks.md`` into ``out_dir``."""
+    """Write ``bench.json``, the plots (``bench/``) and ``benchmarks.md`` into ``out_dir``; the batch
+    sweep's section and ``batch_sweep`` entry (``hsd-fast bench --batch-sweep``) are carried over."""
+    from .sweep_report import existing_section
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    old_json = out_dir / "bench.json"
+    try:
+        sweep_data = json.loads(old_json.read_text()).get("batch_sweep") if old_json.exists() else None
+    except (json.JSONDecodeError, AttributeError):
+        sweep_data = None
+    sweep_lines = existing_section(out_dir / "benchmarks.md")
     checks = {}
     for suite in dict.fromkeys(r["suite"] for r in rows):
         for t in sorted({r["temperature"] for r in rows if r["suite"] == suite}):
@@ -241,6 +250,8 @@ def write_report(out_dir: Path, *, rows: list[dict], records: list[dict], calibs
             "per_prompt_columns": ["suite", "temperature", "prompt", "category", "run", "new_tokens", "wall_s", "decode_s",
                                    "finish", "tokens_sha1"],
             "per_prompt": compact}
+    if sweep_data is not None:
+        data["batch_sweep"] = sweep_data
     (out_dir / "bench.json").write_text(json.dumps(data, indent=1))
     md_path = out_dir / "benchmarks.md"
     analysis = _existing_analysis(md_path)
@@ -296,6 +307,7 @@ def write_report(out_dir: Path, *, rows: list[dict], records: list[dict], calibs
                 L += _category_table(records, suite, t) + [""]
         L += [x for x in img if f"{suite}-" in x] + [""]
     L += ["## Predicted vs measured", ""] + [x for x in img if "predicted" in x] + [""]
+    L += (sweep_lines + [""]) if sweep_lines else []
     L += ["## Calibration and plans", "",
           "Costs (ms per call) and teacher-forced acceptance rates measured before the runs, on prompts disjoint from "
           "the measured ones; the plans are `hsd_ref.optimize.optimal_hierarchy` over them (thresholds <= the suite's "

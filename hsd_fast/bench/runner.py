@@ -114,6 +114,7 @@ class _Executor:
                 temperature=temperature,
                 tokenizer=m.tokenizer,
                 eos_token_id=list(m.eos_ids) or None,
+                timing=True,  # per-level call times by positions scored: the costs and shares of the report
             )
         return self._decoders[key]
 

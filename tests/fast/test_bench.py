@@ -236,3 +236,138 @@ def test_a_plan_equal_to_a_fixed_run_is_run_once():
     assert runs == [fixed] and cal.plans["p"]["same_as"] == [fixed.name]
     greedy = _suite_runs(suite, SimpleNamespace(level=lambda key: key), cal, 0.0)
     assert [r.name for r in greedy] == [f"greedy K={k}"] and cal.plans["p"]["same_as"] == [f"greedy K={k}"]
+
+
+# ############################################################ batch sweep (hsd-fast bench --batch-sweep)
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    rc = main(["bench", "--tiny", "--batch-sweep", "--out", str(out), "--no-progress", "--threads", "1"])
+    assert rc == 0
+    return out
+
+
+def test_tiny_sweep_has_every_configuration_at_every_batch_size(tiny_sweep):
+    import math
+
+    from hsd_fast.bench.sweep import tiny_sweeps
+
+    data = json.loads((tiny_sweep / "bench.json").read_text())["batch_sweep"]
+    suite = tiny_sweeps()[0]
+    rows = data["summary"]
+    for t in suite.temperatures:
+        names = [r.name for r in for_temperature(list(suite.runs), t)]
+        assert {(r["run"], r["batch_size"]) for r in rows if r["temperature"] == t} == {(n, B) for n in names for B in suite.batch_sizes}
+    assert len(rows) == len({(r["temperature"], r["run"], r["batch_size"]) for r in rows})
+    N = data["settings"]["max_new_tokens"]
+    for r in rows:
+        B = r["batch_size"]
+        assert r["rows"] == math.ceil(suite.n_prompts / B) * B  # 3 prompts: 3 rows at B=1, 4 at B=2 and B=4
+        assert r["forced_length"] and r["new_tokens"] == r["rows"] * N  # no row stopped early
+        assert r["tokens_per_s"] > 0 and r["vs_autoregressive"] > 0 and r["vs_hf_generate"] > 0
+        if r["kind"] != "engine":
+            continue
+        m = 1 if r["run"] == "autoregressive" else r["k"] + 1  # positions scored per row per target call
+        assert r["target_calls"] > 0 and r["iteration_s"] > 0 and r["decode_tokens_per_s"] > 0
+        assert list(r["target_ms_per_call"]) == [str(m)] and r["target_ms_per_call"][str(m)] > 0
+        assert r["positions_per_call"][str(m)] == pytest.approx(m * r["rows_per_call"])
+        assert r["tokens_per_target_call"] == pytest.approx(r["tokens_per_row_call"] * r["rho"] * B)
+        if r["run"] == "autoregressive":  # one token per row per call, every row live at every call
+            assert r["tokens_per_row_call"] == 1 and r["rho"] == 1 and r["target_calls"] == N * r["batches"]
+        else:
+            assert 0 < r["rho"] <= 1 and 1 <= r["tokens_per_row_call"] <= m and r["verify_cost_ratio"] > 0
+            assert r["decode_vs_autoregressive"] == pytest.approx(r["tokens_per_row_call"] * r["rho"] / r["iteration_over_step"])
+    md = (tiny_sweep / "benchmarks.md").read_text()
+    assert md.count("## Batch sweep") == 1 and "**Where speculation stops paying.**" in md
+    for r in rows:
+        assert f"| {r['run']} | {r['batch_size']} | {r['rows']} | {r['tokens_per_s']:.2f} |" in md
+        if r["kind"] == "engine" and r["run"] != "autoregressive":
+            assert f"- *{r['run']}* " in md
+    for t in suite.temperatures:
+        assert (tiny_sweep / "bench" / f"sweep-{suite.name}-T{t:g}.png").stat().st_size > 1000
+
+
+def test_tiny_sweep_greedy_rows_agree_across_configurations_and_padding(tiny_sweep):
+    """At T=0 every configuration, transformers' left-padded batches included, emits the target's
+    greedy tokens, whatever the batch size; rows follow the documented prompt rule."""
+    records = [json.loads(x) for x in (tiny_sweep / "work" / "sweep.jsonl").read_text().splitlines()]
+    by_row: dict = {}
+    for r in records:
+        if r["temperature"] == 0:
+            for pid, sha in zip(r["prompt_ids"], r["tokens_sha1"]):
+                by_row.setdefault(pid, set()).add(sha)
+    assert len(by_row) == 3 and all(len(s) == 1 for s in by_row.values())
+    assert {r["kind"] for r in records} == {"engine", "hf"}
+    b2 = sorted((r["batch"], r["prompt_ids"], r["seeds"]) for r in records if r["batch_size"] == 2 and r["run"] == "autoregressive"
+                and r["temperature"] == 1)
+    assert b2 == [(0, ["HumanEval/100", "HumanEval/101"], [0, 1]), (1, ["HumanEval/102", "HumanEval/100"], [2, 3])]
+
+
+def test_sweep_section_survives_both_reports(tiny_run, tiny_sweep, tmp_path):
+    import shutil
+
+    from hsd_fast.bench.sweep_report import SWEEP_BEGIN, existing_section
+
+    for name in ("benchmarks.md", "bench.json"):
+        shutil.copy(tiny_run / name, tmp_path / name)
+    args = ["bench", "--tiny", "--batch-sweep", "--report-only", "--out", str(tmp_path), "--work", str(tiny_sweep / "work")]
+    assert main(args) == 0 and main(args) == 0  # twice: the section is replaced, not added again
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert md.count(SWEEP_BEGIN) == 1 and f"## {SUITE}" in md
+    assert md.index(f"## {SUITE}") < md.index("## Batch sweep") < md.index("## Calibration and plans")
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["summary"] and data["batch_sweep"]["summary"]
+    section = existing_section(tmp_path / "benchmarks.md")
+    assert main(["bench", "--tiny", "--suites", SUITE, "--report-only", "--out", str(tmp_path), "--work", str(tiny_run / "work")]) == 0
+    assert existing_section(tmp_path / "benchmarks.md") == section
+    assert json.loads((tmp_path / "bench.json").read_text())["batch_sweep"] == data["batch_sweep"]
+
+
+def test_sweep_cli_rejects_bad_arguments(tmp_path, capsys):
+    for bad in (["--batch-sizes", "0"], ["--batch-sizes", "1,1"], ["--batch-sizes", "a"], ["--suites", "nope"],
+                ["--humaneval-first", "-1"], ["--spec-bench-per-category", "1"]):
+        assert main(["bench", "--tiny", "--batch-sweep", "--out", str(tmp_path), *bad]) == 2
+    assert main(["bench", "--tiny", "--batch-sizes", "1,2", "--out", str(tmp_path)]) == 2
+    assert "only with --batch-sweep" in capsys.readouterr().err
+    assert main(["bench", "--tiny", "--batch-sweep", "--report-only", "--out", str(tmp_path), "--work", str(tmp_path / "w")]) == 2
+    assert "no batch-sweep results" in capsys.readouterr().err
+
+
+def test_sweep_rows_and_hand_made_figures():
+    from hsd_fast.bench.sweep import sweep_rows
+    from hsd_fast.bench.sweep_report import _verdict, cost_curve, summarize_sweep
+
+    assert sweep_rows(8, 16) == [list(range(8)) * 2] and sweep_rows(8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+    def rec(run, B, tokens, wall, decode, levels):
+        return {"suite": "s", "family": "f", "dtype": "d", "temperature": 1.0, "run": run, "kind": "engine", "group": "g",
+                "levels": [], "scheme": "tokenwise", "thresholds": [4], "k": None if run == "autoregressive" else 4,
+                "batch_size": B, "batch": 0, "max_new_tokens": tokens // B, "row_tokens": [tokens // B] * B,
+                "new_tokens": tokens, "wall_s": wall, "prefill_s": wall - decode, "decode_s": decode,
+                "metrics": {"levels": levels}}
+
+    def target(calls, ms, m, rounds=0):
+        return {"calls": calls, "time_s": calls * ms / 1000, "rounds": rounds, "by_positions": {str(m): [calls, calls * ms / 1000]}}
+
+    draft = {"calls": 0, "time_s": 0.5, "by_positions": {}}
+    recs = [
+        # B=1: AR 64 steps of 10 ms; speculative 20 calls of 12 ms, 3.2 tokens per call
+        rec("autoregressive", 1, 64, 1.0, 0.8, [target(64, 10, 1)]),
+        rec("tokenwise K=4", 1, 64, 0.5, 0.4, [draft, target(20, 12, 5, rounds=20)]),
+        # B=4: AR 64 steps of 20 ms; verifications of 4 x 5 positions cost 60 ms
+        rec("autoregressive", 4, 256, 1.6, 1.28, [target(64, 20, 1)]),
+        rec("tokenwise K=4", 4, 256, 2.0, 1.6, [draft, target(20, 60, 5, rounds=80)]),
+    ]
+    rows = {(r["run"], r["batch_size"]): r for r in summarize_sweep(recs)}
+    s1, s4 = rows[("tokenwise K=4", 1)], rows[("tokenwise K=4", 4)]
+    assert s1["vs_autoregressive"] == pytest.approx((64 / 0.5) / (64 / 1.0)) and s4["vs_autoregressive"] == pytest.approx(0.8)
+    assert s1["verify_cost_ratio"] == pytest.approx(1.2) and s4["verify_cost_ratio"] == pytest.approx(3.0)
+    assert s4["tokens_per_row_call"] == pytest.approx(3.2) and s4["rho"] == 1 and s4["tokens_per_target_call"] == pytest.approx(12.8)
+    assert s4["iteration_over_step"] == pytest.approx((1.6 / 20) / (1.28 / 64))
+    curve = cost_curve(list(rows.values()), "s", 1.0)
+    assert [(c["batch_size"], c["positions"], round(c["ms_per_call"], 9)) for c in curve] == [(1, 1, 10), (1, 5, 12), (4, 4, 20), (4, 20, 60)]
+    text = "\n".join(_verdict([r for r in rows.values()], curve))
+    assert "*tokenwise K=4* stops paying at B=4: 0.80x, after 2.00x at B=1" in text
+    assert "r = 1.20 autoregressive steps at B=1 and r = 3.00 at B=4" in text and "The ratio rises with B" in text
