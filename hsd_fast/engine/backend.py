@@ -15,8 +15,9 @@ matter: a backend may reuse any work whose token prefix is unchanged, so callers
     overwritten by the next forward.  A forward over ragged per-row ranges ``[start_b, end_b)`` runs
     ``M = max(end - start)`` positions for every row; a row's surplus positions (``>= end_b``) all
     write one scratch slot, ``E = max(end)``, which no row holds and attention never reads.
-    Attention uses an explicit additive mask ``key_slot <= query_position`` and explicit
-    ``position_ids``, over the first ``E`` slots only.
+    Attention reads the first ``E`` slots only, with explicit ``position_ids`` and an additive mask
+    ``key_slot <= query_position``: per row when rows are ragged, one shared ``[1, 1, M, E]`` mask
+    when every row runs the same positions, none for one query per row (SDPA's efficient kernels).
 
     Memory and per-call work follow the positions in use, never the width of the caller's buffer:
     the capacity (``capacity``, slots per row) is allocated lazily, starts at 16 and at least
@@ -307,7 +308,7 @@ class CachedLM:
         # the call's one host read: the longest row, and per segment to run the most positions a row
         # needs and whether rows are ragged
         todo = lens[None, :] - torch.stack(seg[: top + 1])  # [top + 1, B]
-        L, *stats = torch.cat([lens.amax()[None], todo.amax(1), todo.amin(1)]).tolist() if B else [0] + [0] * (2 * top + 2)
+        L, L_min, *stats = torch.cat([lens.amax()[None], lens.amin()[None], todo.amax(1), todo.amin(1)]).tolist() if B else [0, 0] + [0] * (2 * top + 2)
         stats = list(zip(stats[: top + 1], stats[top + 1 :]))
         if L > S:
             raise ValueError(f"lens: a row length {L} exceeds the width {S} of seq")
@@ -317,15 +318,17 @@ class CachedLM:
         self.tok[:, :L] = seq[:, :L]
         for s in range(top + 1):
             # the top segment recomputes nothing it already holds: its stored hidden states are read
-            self._run_segment(s, self.seg_len[s], lens, seq, int(stats[s][0]), L)
+            M, lo = stats[s]
+            self._run_segment(s, self.seg_len[s], lens, seq, int(M), L, uniform=L == L_min and M == lo)
             self.seg_len[s] = lens.clone()
         pos = lens[:, None] - n_out + torch.arange(n_out, device=lens.device)  # [B, n_out]
         h = self.hid[top].gather(1, pos[..., None].expand(B, n_out, self.hidden))
         return self._head(self.norm(h), vocab_ids)
 
-    def _run_segment(self, s: int, start: torch.Tensor, end: torch.Tensor, seq: torch.Tensor, M: int, E: int) -> None:
+    def _run_segment(self, s: int, start: torch.Tensor, end: torch.Tensor, seq: torch.Tensor, M: int, E: int, uniform: bool = False) -> None:
         """Run segment ``s`` over positions ``[start_b, end_b)`` of each row: ``M = max(end - start)``
-        positions per row, ``E = max(end)``.  Surplus positions (``>= end_b``) read and write slot ``E``."""
+        positions per row, ``E = max(end)``.  Surplus positions (``>= end_b``) read and write slot ``E``.
+        ``uniform``: every row runs exactly positions ``E - M .. E - 1`` (no surplus)."""
         if M <= 0:
             return
         B, S = seq.shape
@@ -339,10 +342,15 @@ class CachedLM:
             x = self.embed(ids)
         else:
             x = self.hid[s - 1].gather(1, slot[..., None].expand(B, M, self.hidden))
-        # attention reads the first E slots: every valid key; a query at position p sees keys <= p
-        keys = torch.arange(E, device=pos.device)
-        allowed = keys[None, None, None, :] <= pos[:, None, :, None]  # [B, 1, M, E]
-        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, torch.finfo(x.dtype).min)
+        # attention reads the first E slots: every valid key; a query at position p sees keys <= p.
+        # Uniform rows share one mask ([1, 1, M, E], broadcast), and a single query per row sees every
+        # key, so it needs none (SDPA's efficient kernels serve it).
+        if uniform and M == 1:
+            mask = None
+        else:
+            keys = torch.arange(E, device=pos.device)
+            allowed = keys[None, None, None, :] <= (pos[:1] if uniform else pos)[:, None, :, None]  # [B or 1, 1, M, E]
+            mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, torch.finfo(x.dtype).min)
         cos_sin = self.rotary(x, pos)
         cache = _SlotCache(self.kv, slot, E)
         lo = 0 if s == 0 else self.bounds[s - 1]

@@ -174,3 +174,34 @@ def test_float32_batch_invariance_bitwise():
         assert permuted == [batch[i] for i in perm], scheme
         if temperature:
             assert len({tuple(t) for t in batch}) == len(prompts)
+
+
+@pytest.mark.parametrize("layers", ["fused", "hf"])
+def test_uniform_rows_attend_without_a_per_row_mask(tiny, monkeypatch, layers):
+    """Rows that all run the same positions need no per-row mask: one query per row attends to every
+    key (no mask at all, so SDPA's efficient kernels serve it); several queries share one
+    [1, 1, M, E] mask.  Ragged rows keep the per-row [B, 1, M, E] mask.  Every answer equals the full
+    forward."""
+    model, _ = tiny
+    be = CachedLM(model, layers=layers)
+    seq = torch.randint(0, int(model.config.vocab_size), (2, 40), generator=torch.Generator().manual_seed(2))
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        m = kwargs.get("attn_mask", args[0] if args else None)
+        masks.append(None if m is None else tuple(m.shape[:2]))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    cases = [
+        (torch.tensor([12, 12]), 1, (1, 1)),  # the prefill: the same 12 positions in each row
+        (torch.tensor([13, 13]), 1, None),  # one new position per row
+        (torch.tensor([17, 17]), 4, (1, 1)),  # a verification: the same 4 new positions per row
+        (torch.tensor([19, 18]), 2, (2, 1)),  # ragged rows
+    ]
+    for lens, n_out, kind in cases:
+        masks.clear()
+        got = be.logits(2, seq, lens, n_out)
+        assert masks and set(masks) == {kind}, (lens, masks)
+        assert torch.allclose(got, full_logits(model, seq, lens, n_out), atol=1e-10, rtol=0)
