@@ -91,7 +91,9 @@ class _Rows:
         self.gen_len = torch.zeros(B, dtype=torch.int64, device=device)
         self.active = torch.ones(B, dtype=torch.bool, device=device)
         self.hit_eos = torch.zeros(B, dtype=torch.bool, device=device)
-        self.index = torch.arange(B, device=device)
+        self.harvested = torch.zeros(B, dtype=torch.bool, device=device)  # finished, outputs on the host
+        self.index = torch.arange(B, device=device)  # each row's index in the caller's batch
+        self.n_live = B  # rows not harvested (host count)
         self.cols = torch.arange(K1, device=device)
         self.tokens: list = [None] * B
         self.reasons: list = [None] * B
@@ -123,16 +125,31 @@ class _Rows:
         self.active &= ~self.hit_eos & (self.gen_len < max_new)
         return count
 
-    def retire(self) -> torch.Tensor:
-        """Move the finished rows' outputs to the host and drop them.  -> the live rows kept [B']"""
-        done = torch.nonzero(~self.active)[:, 0]
+    def harvest(self) -> None:
+        """Move the newly finished rows' outputs to the host (they stay in the batch, inactive)."""
+        newly = ~self.active & ~self.harvested
+        done = torch.nonzero(newly)[:, 0]
         for r, row, n, eos_hit in zip(*(x[done].tolist() for x in (self.index, self.gen, self.gen_len, self.hit_eos))):
             self.tokens[r] = row[:n]
             self.reasons[r] = "eos" if eos_hit else "length"
-        live = torch.nonzero(self.active)[:, 0]
-        for name in ("ctx", "lens", "gen", "gen_len", "active", "hit_eos", "index"):
+        self.harvested |= newly
+        self.n_live -= int(done.numel())
+
+    def compact(self) -> torch.Tensor:
+        """Drop the harvested rows.  -> the rows kept [B'] (indices into the current batch)"""
+        live = torch.nonzero(~self.harvested)[:, 0]
+        for name in ("ctx", "lens", "gen", "gen_len", "active", "hit_eos", "harvested", "index"):
             setattr(self, name, getattr(self, name)[live])
         return live
+
+
+def _compact_due(n_live: int, n_rows: int, device: torch.device) -> bool:
+    """Whether to drop finished rows now.  Dropping copies every live row's cache state; keeping a
+    finished row costs its share of every later forward.  On a CPU (compute-bound) rows are dropped
+    as soon as they finish; elsewhere (a GPU decode step is bound by memory traffic, so an idle row
+    is nearly free while a copy of the cache is not) only once at most half of the rows are live,
+    so each call copies the cache O(log B) times."""
+    return device.type == "cpu" or 2 * n_live <= n_rows
 
 
 class SpeculativeDecoder:
@@ -354,22 +371,24 @@ class SpeculativeDecoder:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         metrics.prefill_s = time.perf_counter() - t0
-        while rows.index.numel():
+        while rows.n_live:
             out, num_accepted = step.iteration(run, rows.ctx, rows.lens, rows.active)
             out = self.vocab.to_model(out)
             count = rows.emit(out, num_accepted, max_new_tokens, eos)
-            all_active, bad = torch.stack([rows.active.all(), run.bad.any()]).tolist()  # the iteration's one host read
+            finished, bad = torch.stack([(~rows.active & ~rows.harvested).any(), run.bad.any()]).tolist()  # the iteration's one host read
             run.raise_if_bad(bad)
             if on_tokens is not None:
                 new: list = [[] for _ in range(B)]
                 for r, row, c in zip(rows.index.tolist(), out.tolist(), count.tolist()):
                     new[r] = row[:c]
                 on_tokens(new)
-            if not all_active:  # retire finished rows: no forward runs for them again
-                live = rows.retire()
-                run.keep(live)
-                for be in backends:
-                    be.select_rows(live)
+            if finished:
+                rows.harvest()
+                if _compact_due(rows.n_live, rows.index.numel(), dev):  # retire: no forward runs for them again
+                    live = rows.compact()
+                    run.keep(live)
+                    for be in backends:
+                        be.select_rows(live)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         metrics.wall_time_s = time.perf_counter() - t0

@@ -3,7 +3,8 @@
 A level is either a *model view* (:class:`ModelLevel`: a full causal LM, an early-exit view of one,
 or a :class:`~hsd_fast.engine.tables.TableModel`), a *model-free drafter* (:class:`DrafterLevel`,
 only as level 0), or a custom object meeting :class:`Level`.  Every level has ``vocab_size``,
-``name`` (or :func:`level_name` supplies one) and ``kind``; levels with a distribution answer
+``name`` (or :func:`level_name` supplies one) and ``kind`` (``"model"``, ``"drafter"``; a custom level
+has none and is treated as a model whose rows the engine cannot restrict); levels with a distribution answer
 :meth:`Level.probs`, a drafter answers :meth:`DrafterLevel.propose`.  Level specifications (what a
 user passes) are turned into levels by :func:`hsd_fast.engine.specs.resolve_levels`.
 

@@ -222,3 +222,31 @@ def test_table_model_of_a_single_token_vocabulary():
     one = TableModel([TableLM.context_free((1,))], "one")
     res = SpeculativeDecoder([one, one], thresholds=2, eos_token_id=None).generate([[0, 0]], max_new_tokens=5, seeds=[1])
     assert res.tokens == [[0] * 5]
+
+
+def test_finished_rows_are_dropped_lazily_off_the_cpu(tiny, monkeypatch):
+    """The GPU policy of hsd_fast.engine.decoder._compact_due (finished rows ride along, inactive,
+    until at most half the rows are live), forced on the CPU: the same tokens and finish reasons as
+    dropping each row when it finishes, with fewer cache compactions."""
+    from hsd_fast.engine import decoder
+
+    model, tok = tiny
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [15, 16], [17, 18, 19]]
+    eos = list(range(2, 60, 3))  # many EOS ids: rows finish at different iterations
+
+    def run(policy):
+        monkeypatch.setattr(decoder, "_compact_due", policy)
+        dec = SpeculativeDecoder(["ngram", model], thresholds=3, eos_token_id=eos)
+        be = dec.levels[-1].backend
+        calls = []
+        orig = be.select_rows
+        monkeypatch.setattr(be, "select_rows", lambda rows: calls.append(rows.numel()) or orig(rows))
+        res = dec.generate(prompts, max_new_tokens=12, seeds=list(range(6)))
+        return res, calls
+
+    eager, eager_calls = run(lambda n_live, n_rows, device: True)
+    lazy, lazy_calls = run(lambda n_live, n_rows, device: 2 * n_live <= n_rows)
+    assert lazy.tokens == eager.tokens and lazy.finish_reasons == eager.finish_reasons
+    assert "eos" in eager.finish_reasons and len(set(map(len, eager.tokens))) > 2  # rows did finish apart
+    assert len(lazy_calls) < len(eager_calls)
+    assert lazy.metrics.new_tokens == eager.metrics.new_tokens
