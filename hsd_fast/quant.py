@@ -17,19 +17,28 @@ when the activations are bfloat16 or float16 on a CPU and at most :data:`FUSED_M
 are scored: that is a decode step, where the bytes read decide the time.  For more positions (a
 prefill, a verification) that kernel is slower than a dense product on this machine (docs/
 benchmarks.md), so the layer multiplies by the dequantized weight ``scale[:, None] * q`` instead,
-kept after its first use (the same values, in the activations' dtype: memory for speed).  Anywhere
-else (other devices or dtypes) it dequantizes per call.
+kept after its first use (the same values, in the activations' dtype: memory for speed).  On other
+CPU dtypes it dequantizes per call.  On CUDA it is refused (:func:`check_device`): with no int8
+kernel there it would dequantize every weight on every call, slower than the bfloat16 draft it
+replaces; use that draft on a GPU.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["Int8Linear", "quantize_int8", "is_quantized", "QUANTIZATIONS"]
+__all__ = ["Int8Linear", "check_device", "quantize_int8", "is_quantized", "QUANTIZATIONS"]
 
 QUANTIZATIONS = ("int8",)
 FUSED_MAX_ROWS = 4  # positions per call up to which the fused int8 kernel beats a dense product (CPU)
 _FUSED_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def check_device(device: torch.device | str, what: str = "an int8 model") -> None:
+    """Refuse CUDA for the weight-only int8 layers (module docstring): a ``ValueError`` naming ``what``."""
+    if torch.device(device).type == "cuda":
+        raise ValueError(f"{what}: weight-only int8 (hsd_fast.quant) has no CUDA kernel and would dequantize every weight on "
+                         "every call, slower than the bfloat16 model; use the bfloat16 draft on CUDA")
 
 
 class Int8Linear(torch.nn.Module):
@@ -80,6 +89,8 @@ class Int8Linear(torch.nn.Module):
         return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cuda":
+            check_device(x.device, "Int8Linear")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # [M, K]
         fused = x2.device.type == "cpu" and x2.dtype in _FUSED_DTYPES

@@ -40,7 +40,7 @@ class Family:
         draft = draft8 = None
         if self.draft is not None:
             draft, _ = registry.load(self.draft, dtype=dtype, device=device)
-            if quantized_draft:
+            if quantized_draft and device.type != "cuda":  # no int8 kernel on CUDA (hsd_fast.quant): no int8 runs there
                 base, _ = registry.load(self.draft, dtype=torch.bfloat16, device=device)
                 draft8 = quantize_int8(base)
         return Models(self, target, tok, draft, draft8, _eos_ids(target, tok))
@@ -111,9 +111,11 @@ def _tiny_models(dtype, device) -> Models:
     from ..tiny import tiny_pair
 
     draft, target, tok = tiny_pair(0, target_layers=4, draft_layers=4, noise=0.05, hidden=64, tokenizer="chars", dtype=dtype)
-    draft8, _, _ = tiny_pair(0, target_layers=4, draft_layers=4, noise=0.05, hidden=64, tokenizer="chars", dtype=torch.bfloat16)
-    quantize_int8(draft8)
-    return Models(FAMILIES["tiny"], target.to(device), tok, draft.to(device), draft8.to(device), ())
+    draft8 = None
+    if torch.device(device).type != "cuda":  # no int8 kernel on CUDA (hsd_fast.quant): no int8 runs there
+        draft8, _, _ = tiny_pair(0, target_layers=4, draft_layers=4, noise=0.05, hidden=64, tokenizer="chars", dtype=torch.bfloat16)
+        draft8 = quantize_int8(draft8).to(device)
+    return Models(FAMILIES["tiny"], target.to(device), tok, draft.to(device), draft8, ())
 
 
 FAMILIES = {

@@ -159,7 +159,7 @@ def _calibration_keys(suite: Suite) -> list[str]:
 def _suite_runs(suite: Suite, models: Models, calib: Calibration, temperature: float) -> list[RunSpec]:
     """The suite's fixed runs and its plans' runs at one temperature; a plan that lands on a
     configuration already in the list is run (and reported) once, and its plan says so."""
-    runs = for_temperature(list(suite.runs), temperature)
+    runs = [r for r in for_temperature(list(suite.runs), temperature) if r.kind != "engine" or not any(_missing(models, k) for k in r.levels)]
     seen = {(r.levels, r.scheme, r.thresholds): r.name for r in runs if r.kind == "engine"}
     for spec in suite.plans:
         if any(_missing(models, k) for k in spec.candidates):
@@ -240,7 +240,8 @@ def run_suites(suites: list[Suite], settings: Settings) -> list[dict]:
                 calib = Calibration.from_dict(calibs[ck])
             else:
                 settings.log(f"[bench] {suite.name} T={temp}: calibrating costs and acceptance on {len(calib_ids)} prompt(s)")
-                calib = calibrate(models, _calibration_keys(suite) if suite.plans else ["target"], calib_ids, temp,
+                keys = [k for k in _calibration_keys(suite) if not _missing(models, k)] if suite.plans else ["target"]
+                calib = calibrate(models, keys, calib_ids, temp,
                                   new_tokens=suite.calibration_tokens, seed=settings.seed)
             plan_runs[temp] = _suite_runs(suite, models, calib, temp)
             calibs[ck] = calib.as_dict()

@@ -239,6 +239,8 @@ def run_sweep(suites: list[SweepSuite], settings) -> list[dict]:
         models = family.load(getattr(torch, suite.dtype), torch.device(settings.device),
                              quantized_draft=any("@int8" in k for r in suite.runs for k in r.levels))
         execute = _SweepExecutor(models)
+        if torch.device(settings.device).type == "cuda":  # no int8 kernel on CUDA (hsd_fast.quant): no int8 runs there
+            todo = [x for x in todo if not any(k.endswith("@int8") for k in x[4].levels)]
         ids = [models.encode(p) for p in prompts]
         settings.log(f"[bench] {suite.name}: {len(todo)} batches (B in {list(suite.batch_sizes)}, {suite.n_prompts} prompts, "
                      f"{N} new tokens per row)")

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import torch
 
 from ..drafters import Drafter, NGramDrafter
-from ..quant import QUANTIZATIONS, is_quantized, quantize_int8
+from ..quant import QUANTIZATIONS, check_device, is_quantized, quantize_int8
 from .backend import CachedLM, RecomputeLM, supports_cached
 from .levels import DrafterLevel, EarlyExit, Level, ModelLevel, level_name
 from .tables import TableBackend, TableModel
@@ -130,6 +130,8 @@ def resolve_levels(
             backends[key] = TableBackend(model, device=device)
         if key not in backends:
             model = prepare(model)
+            if is_quantized(model):
+                check_device(next(model.parameters()).device, f"levels: {_model_name(model)}")
             if cache == "recompute" or (cache == "auto" and supports_cached(model) is not None):
                 backends[key] = RecomputeLM(model, _model_name(model))
             else:

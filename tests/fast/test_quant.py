@@ -131,3 +131,15 @@ def test_quantized_name_spec_loads_a_separate_copy():
     assert levels[0].backend is not levels[1].backend
     with pytest.raises(ValueError, match="quantized model spec"):
         resolve_levels(["m@int4", "m"], loader=loader)
+
+
+def test_int8_is_refused_on_cuda_with_a_clear_message():
+    """hsd_fast.quant has no CUDA int8 kernel: the device check every Int8Linear call and every int8
+    level goes through refuses CUDA (tests/gpu checks it on a real device) and accepts the CPU."""
+    from hsd_fast.quant import check_device
+
+    with pytest.raises(ValueError, match=r"levels: draft@int8: weight-only int8 .* no CUDA kernel"):
+        check_device(torch.device("cuda", 0), "levels: draft@int8")
+    with pytest.raises(ValueError, match="Int8Linear"):
+        check_device("cuda", "Int8Linear")
+    check_device("cpu")  # no error

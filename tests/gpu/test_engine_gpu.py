@@ -69,16 +69,20 @@ def test_gpu_smollm2_bf16_smoke():
     print(res.metrics.format())
 
 
-def test_gpu_int8_draft_keeps_the_targets_greedy_output(models):
-    """A weight-only int8 draft on CUDA (the dequantising path of hsd_fast.quant) and the target alone."""
+def test_gpu_int8_draft_is_refused_with_a_clear_message(models):
+    """Weight-only int8 has no CUDA kernel in hsd_fast.quant: a CUDA int8 draft is refused when the
+    decoder is built (and an Int8Linear called on CUDA refuses too); the target alone still runs."""
     from hsd_fast.quant import quantize_int8
 
     draft, target, tok = models
     d, t = quantize_int8(copy.deepcopy(draft).cuda()), copy.deepcopy(target).cuda()
-    for levels in ([d, t], [t]):
-        res = SpeculativeDecoder(levels, temperature=0, tokenizer=tok, eos_token_id=None).generate(PROMPTS, max_new_tokens=12)
-        for b, p in enumerate(PROMPTS):
-            assert res.tokens[b] == plain_greedy(t, _ids(tok, p), 12)
+    with pytest.raises(ValueError, match="no CUDA kernel"):
+        SpeculativeDecoder([d, t], temperature=0, tokenizer=tok, eos_token_id=None)
+    with pytest.raises(ValueError, match="Int8Linear: .*no CUDA kernel"):
+        d.lm_head(torch.zeros(1, d.lm_head.in_features, dtype=torch.bfloat16, device="cuda"))
+    res = SpeculativeDecoder([t], temperature=0, tokenizer=tok, eos_token_id=None).generate(PROMPTS, max_new_tokens=12)
+    for b, p in enumerate(PROMPTS):
+        assert res.tokens[b] == plain_greedy(t, _ids(tok, p), 12)
 
 
 def test_gpu_bench_tiny_smoke(tmp_path):
