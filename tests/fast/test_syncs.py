@@ -3,7 +3,8 @@
 The budget, per target iteration: ONE host read (whether every row is still running, with the
 row-check verdict), plus one per model forward (the position-indexed cache reads its lengths) and
 one per middle-level round (plus the read that ends each middle-level loop).  Outside iterations:
-one per backend prefill, a few per retirement event (rows finishing), one per buffer growth
+one per prompt and backend in the prefill (prompts of different lengths are prefilled one at
+a time), a few per retirement event (rows finishing), one per buffer growth
 (a few per call), and the final read of the metrics.  The step, the verification kernels, the
 warps and the drafter read nothing.  A planted ``.item()`` in the kernel path must break it.
 """
@@ -53,7 +54,7 @@ def _budget(res, dec) -> tuple[int, dict]:
     backends = len({id(lvl.backend) for lvl in dec.levels if hasattr(lvl, "backend")})
     retirements = len(PROMPTS)  # at most one event per row
     growth = 2 * math.ceil(math.log2(NEW * (dec.n + 1) + 2))
-    parts = dict(iterations=iterations, forwards=forwards, middle=middle, prefill=backends, retire=retirements * (3 + backends), growth=growth, final=1)
+    parts = dict(iterations=iterations, forwards=forwards, middle=middle, prefill=backends * (len(PROMPTS) + 1), retire=retirements * (3 + backends), growth=growth, final=1)
     return sum(parts.values()), parts
 
 
