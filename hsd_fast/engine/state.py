@@ -90,7 +90,9 @@ class CallState:
         tokens, bad = self.levels[0].propose(seq, lens, n)
         self.tally.call(0, n, self._clock() - t0)
         self.bad[0] |= (bad & active).any()
-        tokens = self.vocab.to_engine(tokens.clamp(min=0))
+        # an id outside the vocabulary is reported by the bad flag at the next host read; until then it
+        # must still index the vocabulary map and the point-mass rows
+        tokens = self.vocab.to_engine(tokens.clamp(0, self.vocab.vocab_size - 1))
         return tokens, point_mass_rows(tokens, self.vocab.V)
 
     def draws(self, n: int, active) -> torch.Tensor:

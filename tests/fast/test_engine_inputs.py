@@ -250,3 +250,20 @@ def test_finished_rows_are_dropped_lazily_off_the_cpu(tiny, monkeypatch):
     assert "eos" in eager.finish_reasons and len(set(map(len, eager.tokens))) > 2  # rows did finish apart
     assert len(lazy_calls) < len(eager_calls)
     assert lazy.metrics.new_tokens == eager.metrics.new_tokens
+
+
+@pytest.mark.parametrize("allowed", [None, [0, 2]])
+def test_a_drafter_proposing_an_id_outside_the_vocabulary_is_a_value_error(toy, allowed):
+    """The drafter's ids are checked at the iteration's host read; until then an out-of-range id must
+    not index the vocabulary map (with a restricted vocabulary that was an IndexError)."""
+    T, _ = toy
+
+    class Wild:
+        name = "wild"
+
+        def propose(self, seq, lens, n):
+            return torch.full((seq.shape[0], n), 10**6, dtype=torch.int64)
+
+    dec = SpeculativeDecoder([Wild(), T], thresholds=2, allowed_ids=allowed, eos_token_id=None)
+    with pytest.raises(ValueError, match=r"levels\[0\]: drafter wild proposed an id outside \[0, 3\)"):
+        dec.generate([[0, 1]], max_new_tokens=4)
