@@ -266,11 +266,13 @@ class CachedLM:
         """Run every segment over each row's tokens ``seq[b, :lens[b]]`` (then copy rows with
         :meth:`select_rows` to share one prefill between identical prompts).
 
-        Prompts of different lengths are run one at a time and their slots gathered into the batch's
-        buffers: one batched forward would run every row to the longest prompt (on HumanEval
-        100-107, 1.8x the positions), and a copy of a row's prefix is cheap next to its forward."""
+        On a CPU, prompts of different lengths are run one at a time and their slots gathered into
+        the batch's buffers: one batched forward would run every row to the longest prompt (on
+        HumanEval 100-107, 1.8x the positions) and a CPU forward is compute-bound, while a copy of a
+        row's prefix is cheap next to its forward.  Elsewhere (a GPU runs the padded batch in parallel,
+        and B sequential forwards would leave it idle) the prompts run as one batch."""
         depth, n = max(self.exits), lens.tolist()
-        if len(set(n)) <= 1:
+        if len(set(n)) <= 1 or self.device.type != "cpu":
             self.logits(depth, seq, lens, 1)
             return
         single = []
