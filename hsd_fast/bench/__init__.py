@@ -86,6 +86,18 @@ def _paths(args, default_out: Path) -> tuple[Path, Path]:
     return out, work
 
 
+def _pick_suites(suites: list, text: str | None, where: str) -> list:
+    """The suites named in ``--suites`` (comma-separated; all of them when not given)."""
+    if not text:
+        return suites
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    known = {s.name for s in suites}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--suites: unknown suite(s) {unknown}; {where} has {sorted(known)}")
+    return [s for s in suites if s.name in names]
+
+
 def _select(args):
     from .suites import default_suites, quick_suites, tiny_suites
 
@@ -97,13 +109,7 @@ def _select(args):
         suites, out, tokens = quick_suites(), Path("out/bench-quick"), 32
     else:
         suites, out, tokens = default_suites(), Path("docs"), 128
-    if args.suites:
-        names = [s.strip() for s in args.suites.split(",") if s.strip()]
-        known = {s.name for s in suites}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(f"--suites: unknown suite(s) {unknown}; this mode has {sorted(known)}")
-        suites = [s for s in suites if s.name in names]
+    suites = _pick_suites(suites, args.suites, "this mode")
     temps = _temperatures(args)
     hum = _positive("--humaneval", args.humaneval)
     spb = _positive("--spec-bench-per-category", args.spec_bench_per_category)

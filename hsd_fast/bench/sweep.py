@@ -282,7 +282,7 @@ def select_sweeps(args):
     """``(sweep suites, out, work, max_new_tokens)`` of the command line."""
     from pathlib import Path
 
-    from . import _paths, _positive, _temperatures
+    from . import _paths, _pick_suites, _positive, _temperatures
 
     if args.spec_bench_per_category is not None:
         raise ValueError("--spec-bench-per-category: the batch sweep runs HumanEval prompts only")
@@ -292,12 +292,7 @@ def select_sweeps(args):
         suites, out, tokens = quick_sweeps(), Path("out/bench-quick"), 16
     else:
         suites, out, tokens = default_sweeps(), Path("docs"), 64
-    if args.suites:
-        names = [s.strip() for s in args.suites.split(",") if s.strip()]
-        unknown = [n for n in names if n not in {s.name for s in suites}]
-        if unknown:
-            raise ValueError(f"--suites: unknown sweep suite(s) {unknown}; --batch-sweep has {sorted(s.name for s in suites)}")
-        suites = [s for s in suites if s.name in names]
+    suites = _pick_suites(suites, args.suites, "--batch-sweep")
     first = args.humaneval_first
     if first is not None and (isinstance(first, bool) or first < 0):
         raise ValueError(f"--humaneval-first: expected an int >= 0, got {first!r}")

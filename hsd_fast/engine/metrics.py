@@ -197,7 +197,6 @@ class Tally:
         self.minpq = torch.zeros(L, dtype=torch.float64, device=device)  # [L]
         # level i >= 1 verifies batches of T_{i-1} tokens: accepted counts 0..T_{i-1}
         self.hist = [torch.zeros(dec.thresholds[i - 1] + 1 if i else 1, dtype=torch.int64, device=device) for i in range(L)]
-        self.point_mass = [i > 0 and getattr(dec.levels[i - 1], "kind", None) == "drafter" for i in range(L)]
         self.calls, self.time_s, self.verify_s = [0] * L, [0.0] * L, [0.0] * L
         self.by_positions: list[dict] = [{} for _ in range(L)]
         self.drafter = [getattr(lvl, "kind", None) == "drafter" for lvl in dec.levels]
@@ -223,7 +222,7 @@ class Tally:
         T = draft_probs.shape[1]
         a = active.to(torch.int64)
         tested = (torch.arange(T, device=a.device)[None, :] <= num_accepted[:, None]) & active[:, None]  # [B, T]
-        if self.point_mass[level]:  # point masses: sum_v min(p, q) = p(proposal)
+        if self.drafter[level - 1]:  # a drafter's point masses: sum_v min(p, q) = p(proposal)
             overlap = target_probs[:, :T].gather(-1, draft_tokens[..., None])[..., 0]  # [B, T]
         else:
             overlap = torch.minimum(target_probs[:, :T], draft_probs).sum(-1)  # [B, T]
