@@ -97,8 +97,8 @@ def fill_placeholders(tokens: torch.Tensor, last_token: torch.Tensor) -> torch.T
     return chain.gather(1, src)[:, 1:]
 
 
-def point_mass_rows(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def point_mass_rows(tokens: torch.Tensor, vocab_size: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Draft probabilities of deterministic proposals: one-hot rows; an all-zero row for ``-1`` (a
-    proposal outside a restricted vocabulary).  # [B, n] -> [B, n, V] float64"""
-    rows = torch.zeros((*tokens.shape, vocab_size), dtype=torch.float64, device=tokens.device)
-    return rows.scatter_(-1, tokens.clamp(min=0)[..., None], (tokens >= 0).to(torch.float64)[..., None])
+    proposal outside a restricted vocabulary).  # [B, n] -> [B, n, V] of ``dtype``"""
+    rows = torch.zeros((*tokens.shape, vocab_size), dtype=dtype, device=tokens.device)
+    return rows.scatter_(-1, tokens.clamp(min=0)[..., None], (tokens >= 0).to(dtype)[..., None])

@@ -9,13 +9,17 @@ the reference law is the warped target, and every level samples from (and report
 Order of operations (the order of Hugging Face's logits warpers): ``logits_processor`` (a user
 hook ``logits -> logits``), the allowed-id mask (every other id gets probability 0), temperature,
 top-k (ties with the k-th value are kept), top-p (nucleus: the smallest set of most likely tokens,
-ties in id order, whose mass reaches ``top_p``), softmax in float64.
+ties in id order, whose mass reaches ``top_p``), softmax.  Rows come out in the warp's ``dtype``,
+float64 or float32; the engine builds its warp with its ``probs_dtype``, float32 by default, which its
+kernels and samplers make exact enough (their cumulative sums and residual masses accumulate in
+float64; docs/engine.md, "Probability rows").
 
 ``temperature == 0`` is greedy decoding: the "distribution" is the point mass on the argmax (ties
 to the lowest id), and the engine verifies with the ``greedy`` scheme.  A positive temperature, however
 small, is sampled exactly: logits are shifted by their maximum before the division, so nothing
-overflows; at ``1e-308`` the law is (to float64 precision) uniform on the ids tied at the maximum,
-which is the ``T -> 0`` limit (greedy's lowest-id tie-break is a choice made only at ``T = 0``).
+overflows (a temperature below the smallest normal float32 is divided in float64, where it is
+representable); at ``1e-308`` the law is uniform on the ids tied at the maximum, which is the
+``T -> 0`` limit (greedy's lowest-id tie-break is a choice made only at ``T = 0``).
 NaN or infinite logits make NaN rows, which the engine refuses (``SpeculativeDecoder``: a
 ``ValueError`` naming the level, nothing emitted).
 """
@@ -33,7 +37,8 @@ __all__ = ["Warp"]
 class Warp:
     """One sampling configuration, applied identically to every level.
 
-    ``probs(logits)`` maps ``[..., V]`` logits to ``[..., V]`` float64 probabilities.
+    ``probs(logits)`` maps ``[..., V]`` logits to ``[..., V]`` probabilities of ``dtype`` (float32 or
+    float64).
     """
 
     def __init__(
@@ -43,6 +48,7 @@ class Warp:
         top_p: float | None = None,
         allowed_ids: Sequence[int] | None = None,
         logits_processor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        dtype: torch.dtype = torch.float64,
     ):
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
             raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
@@ -57,11 +63,14 @@ class Warp:
             allowed_ids = tuple(sorted(set(ids)))
         if logits_processor is not None and not callable(logits_processor):
             raise ValueError(f"logits_processor: expected a callable logits -> logits, got {logits_processor!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"probs_dtype: expected torch.float32 or torch.float64, got {dtype!r}")
         self.temperature = float(temperature)
         self.top_k = top_k
         self.top_p = None if top_p is None or top_p == 1 else float(top_p)
         self.allowed_ids = allowed_ids
         self.logits_processor = logits_processor
+        self.dtype = dtype
         self._mask_cache: dict = {}
 
     @property
@@ -78,6 +87,8 @@ class Warp:
             parts.append(f"allowed_ids={len(self.allowed_ids)} ids")
         if self.logits_processor is not None:
             parts.append("logits_processor")
+        if self.dtype != torch.float64:
+            parts.append(f"dtype={self.dtype}")
         return "Warp(" + ", ".join(parts) + ")"
 
     def check_vocab(self, vocab_size: int) -> None:
@@ -95,24 +106,29 @@ class Warp:
         return mask
 
     def logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Processed float64 logits (``-inf`` for excluded ids) before temperature.  # [..., V]"""
-        x = logits.to(torch.float64)
+        """Processed logits of the warp's dtype (``-inf`` for excluded ids) before temperature.  # [..., V]"""
+        x = logits.to(self.dtype)
         if self.logits_processor is not None:
-            x = self.logits_processor(x).to(torch.float64)
+            x = self.logits_processor(x).to(self.dtype)
         if self.allowed_ids is not None:
             x = x.masked_fill(~self._allowed_mask(x.shape[-1], x.device), float("-inf"))
         return x
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Warped float64 probabilities.  # [..., V] -> [..., V]"""
+        """Warped probabilities of the warp's dtype.  # [..., V] -> [..., V]"""
         x = self.logits(logits)
         if self.greedy:
             return torch.zeros_like(x).scatter_(-1, x.argmax(-1, keepdim=True), 1.0)  # one_hot would read its max on the host
         if self.temperature != 1:
             # subtract the row maximum BEFORE dividing: (x - max) / T <= 0 never overflows, so any
             # T > 0, however small (1e-308, subnormals), gives the exactly rounded softmax; as T -> 0
-            # that is the uniform law on the tied maxima (greedy, T = 0, takes the lowest id instead)
-            x = (x - x.amax(-1, keepdim=True)) / self.temperature
+            # that is the uniform law on the tied maxima (greedy, T = 0, takes the lowest id instead).
+            # A T below float32's normal range would round to a subnormal or to 0 (0 / 0 = NaN at the
+            # maximum), so it divides in float64; quotients below float32's range become -inf: prob 0.
+            shifted = x - x.amax(-1, keepdim=True)
+            if self.temperature < torch.finfo(x.dtype).tiny:
+                shifted = shifted.to(torch.float64)
+            x = (shifted / self.temperature).to(self.dtype)
         if self.top_k is not None and self.top_k < x.shape[-1]:
             kth = torch.topk(x, self.top_k, dim=-1).values[..., -1:]
             x = x.masked_fill(x < kth, float("-inf"))
@@ -121,7 +137,7 @@ class Warp:
             # descending by probability, ties in id order (stable sort); keep a token while the mass
             # of the tokens strictly before it is < top_p (so the most likely token is always kept)
             sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-            before = torch.cumsum(sorted_p, dim=-1) - sorted_p
+            before = torch.cumsum(sorted_p, dim=-1, dtype=torch.float64) - sorted_p  # float64: a float32 running sum drifts
             keep_sorted = before < self.top_p
             keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
             probs = probs * keep

@@ -25,6 +25,7 @@ __all__ = [
     "is_int_like",
     "parse_device",
     "parse_dtype",
+    "parse_probs_dtype",
     "parse_schemes",
     "parse_seeds",
     "parse_thresholds",
@@ -157,6 +158,15 @@ def parse_dtype(dtype) -> torch.dtype | None:
     if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
         return getattr(torch, dtype)
     raise ValueError(f"dtype: expected None, a torch dtype or its name, got {dtype!r}")
+
+
+def parse_probs_dtype(probs_dtype) -> torch.dtype:
+    """The dtype of the engine's probability rows: float32 (the default) or float64, as a
+    ``torch.dtype`` or its name."""
+    dt = getattr(torch, probs_dtype, None) if isinstance(probs_dtype, str) else probs_dtype
+    if dt not in (torch.float32, torch.float64):
+        raise ValueError(f"probs_dtype: expected 'float32' or 'float64' (or the torch dtype), got {probs_dtype!r}")
+    return dt
 
 
 def parse_device(device) -> torch.device | None:

@@ -37,7 +37,7 @@ import torch
 
 from ..warp import Warp
 from . import step
-from .config import ENGINE_SCHEMES, as_int, as_int_list, as_prompt_list, default_thresholds, is_int_like, parse_device, parse_dtype, parse_schemes, parse_seeds, parse_thresholds
+from .config import ENGINE_SCHEMES, as_int, as_int_list, as_prompt_list, default_thresholds, is_int_like, parse_device, parse_dtype, parse_probs_dtype, parse_schemes, parse_seeds, parse_thresholds
 from .levels import ModelLevel, level_name
 from .metrics import LevelMetrics, Metrics
 from .specs import resolve_levels
@@ -164,6 +164,8 @@ class SpeculativeDecoder:
     ``verify(scheme, target_probs, draft_probs, draft_tokens, *, draws=...)``.
     ``timing``: measure each level call and verification (``Metrics`` seconds; on CUDA with a device
     synchronisation around each, so only when asked for).  Call counts are always recorded.
+    ``probs_dtype``: the dtype of every probability row (``"float32"``, the default, or ``"float64"``);
+    the kernels accumulate cumulative sums and residual masses in float64 either way (docs/engine.md).
     """
 
     def __init__(
@@ -185,8 +187,9 @@ class SpeculativeDecoder:
         verify_fn: Callable | None = None,
         loader: Callable | None = None,
         timing: bool = False,
+        probs_dtype: str | torch.dtype = "float32",
     ):
-        dtype, device = parse_dtype(dtype), parse_device(device)
+        dtype, device, probs_dtype = parse_dtype(dtype), parse_device(device), parse_probs_dtype(probs_dtype)
         self.levels, found_tok = resolve_levels(levels, device=device, dtype=dtype, loader=loader, cache=cache)
         self.tokenizer = tokenizer if tokenizer is not None else found_tok
         n = len(self.levels) - 1
@@ -199,7 +202,7 @@ class SpeculativeDecoder:
                 raise ValueError(f"levels[{i}]: {level_name(lvl)} is on {dev}, the target on {self.device}; pass device= to place every level together")
 
         self.schemes, temperature = parse_schemes(scheme, n, temperature)
-        self.warp = Warp(temperature, top_k, top_p, allowed_ids=allowed_ids, logits_processor=logits_processor)
+        self.warp = Warp(temperature, top_k, top_p, allowed_ids=allowed_ids, logits_processor=logits_processor, dtype=probs_dtype)
         self.warp.check_vocab(self.vocab_size)
         # Restricted vocabulary (hsd_fast.engine.vocab): with allowed_ids, no logits processor (it
         # needs the full logits) and no custom level, the engine works on |A| + 1 columns.
@@ -210,7 +213,7 @@ class SpeculativeDecoder:
             for lvl in self.levels:
                 if isinstance(lvl, ModelLevel):
                     lvl.vocab_ids = self.vocab.model_ids
-            self.warp = Warp(temperature, top_k, top_p)
+            self.warp = Warp(temperature, top_k, top_p, dtype=probs_dtype)
         self.V = self.vocab.V
         self.thresholds = parse_thresholds(thresholds, n)
         self.eos_ids = self._eos(eos_token_id)

@@ -3,9 +3,10 @@
 The step (:mod:`hsd_fast.engine.step`) is only the algorithm; every other concern of an iteration
 lives here, once:
 
-* level calls and their checks: each level's warped rows on the engine's vocabulary, checked where
-  they enter verification (finite, non-negative, summing to 1; one reduction per call whose verdict
-  stays on the device until the iteration's one host read, :meth:`raise_if_bad`);
+* level calls and their checks: each level's warped rows on the engine's vocabulary, in the engine's
+  row dtype (the warp's: float32 by default), checked where they enter verification (finite,
+  non-negative, summing to 1 within ``ROW_SUM_TOL`` of that dtype; one reduction per call whose
+  verdict stays on the device until the iteration's one host read, :meth:`raise_if_bad`);
 * each row's random stream (:mod:`hsd_fast.rng`: ``u(seed_b, c)`` for the row's own counter ``c``;
   only active rows advance);
 * vocabulary ids (:class:`~hsd_fast.engine.vocab.VocabMap`): engine ids in the step, model ids in
@@ -32,8 +33,6 @@ from .metrics import Tally
 
 __all__ = ["CallState", "append"]
 
-_ROW_TOL = ROW_SUM_TOL[torch.float64]  # a probability row must sum to 1 within this
-
 
 def append(seq: torch.Tensor, lens: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """A copy of ``seq`` [B, W] widened to ``W + n`` with ``new`` [B, n] written at
@@ -51,6 +50,8 @@ class CallState:
     def __init__(self, dec, seeds: torch.Tensor, timing: bool):
         self.dec = dec
         self.levels, self.vocab, self.warp = dec.levels, dec.vocab, dec.warp
+        self.dtype = dec.warp.dtype  # every probability row of the call: [B, n, V] of this dtype
+        self.row_tol = ROW_SUM_TOL[self.dtype]  # a probability row must sum to 1 within this
         self.n, self.thresholds, self.schemes = dec.n, dec.thresholds, dec.schemes
         self.drafter_at_bottom = dec.n > 0 and getattr(self.levels[0], "kind", None) == "drafter"
         self.keys = row_keys(seeds)  # [B]
@@ -76,11 +77,11 @@ class CallState:
         p = lvl.probs(seq, lens, n_out, self.warp)
         self.tally.call(level, n_out, self._clock() - t0)
         want = (seq.shape[0], n_out, self.vocab.level_width)
-        if not isinstance(p, torch.Tensor) or tuple(p.shape) != want or p.dtype != torch.float64:
+        if not isinstance(p, torch.Tensor) or tuple(p.shape) != want or p.dtype not in (torch.float32, torch.float64):
             got = f"{tuple(p.shape)} {p.dtype}" if isinstance(p, torch.Tensor) else type(p).__name__
-            raise ValueError(f"levels[{level}]: {level_name(lvl)}.probs returned {got}, expected a float64 tensor of shape {want}")
-        p = self.vocab.pad(p)
-        bad = ~((p.sum(-1) - 1).abs() <= _ROW_TOL) | (p.amin(-1) < 0)  # [B, n_out]; NaN counts as bad
+            raise ValueError(f"levels[{level}]: {level_name(lvl)}.probs returned {got}, expected a float32 or float64 tensor of shape {want}")
+        p = self.vocab.pad(p.to(self.dtype))
+        bad = ~((p.sum(-1) - 1).abs() <= self.row_tol) | (p.amin(-1) < 0)  # [B, n_out]; NaN counts as bad
         self.bad[level] |= (bad.any(-1) & active).any()
         return p
 
@@ -93,7 +94,7 @@ class CallState:
         # an id outside the vocabulary is reported by the bad flag at the next host read; until then it
         # must still index the vocabulary map and the point-mass rows
         tokens = self.vocab.to_engine(tokens.clamp(0, self.vocab.vocab_size - 1))
-        return tokens, point_mass_rows(tokens, self.vocab.V)
+        return tokens, point_mass_rows(tokens, self.vocab.V, self.dtype)
 
     def draws(self, n: int, active) -> torch.Tensor:
         """``n`` uniforms per row from each row's own stream; only active rows advance.  # [B, n]"""
@@ -124,7 +125,7 @@ class CallState:
             T, T_low = self.thresholds[level], self.thresholds[level - 1]
             cap = T + 2 * (T_low + 1)  # filled <= T + T_low, so filled + T_low + 1 columns always fit
             dev = self.keys.device
-            self._buffers[level] = (torch.zeros(B, cap, dtype=torch.int64, device=dev), torch.zeros(B, cap, self.vocab.V, dtype=torch.float64, device=dev))
+            self._buffers[level] = (torch.zeros(B, cap, dtype=torch.int64, device=dev), torch.zeros(B, cap, self.vocab.V, dtype=self.dtype, device=dev))
         tok, rows = self._buffers[level]
         return tok[:B], rows[:B]
 

@@ -18,6 +18,9 @@ One run tests (docs/fidelity.md):
   each rejected as required, with the power against its exact law (``hsd_ref.sequence_law``);
 * the **multi-draft schemes** through the small multi-draft sampler (:mod:`hsd_fast.fidelity.
   multidraft`; the engine has no multi-draft levels yet), sized the same way.
+* with ``vocab=True`` (``hsd-fast fidelity --vocab``; minutes per scheme, so not in CI), each sampling
+  scheme at the **real vocabulary size** V = 151936 with the engine's default float32 rows
+  (:mod:`hsd_fast.fidelity.vocab`), sized and planted the same way.
 
 Every seed is derived from the run's ``--seed`` and the row's label (:func:`derive_seed`).
 """
@@ -38,6 +41,7 @@ from hsd_ref.enumerate import sequence_law
 from hsd_ref.exact import HSDInputError
 
 from . import cells as C
+from . import vocab as VC
 from .controls import CONTROLS, control_scheme, control_verify
 from .multidraft import ToyTables, multidraft_sample
 from .plots import plot_name, plot_row
@@ -160,19 +164,40 @@ def _multidraft_row(name: str, seed: int, scale: float, bar) -> dict:
     return row
 
 
+def _vocab_row(scheme: str, seed: int, scale: float, bar) -> dict:
+    cell = VC.VocabCell(scheme)
+    codes, probs = cell.exact_law()
+    alt, src, dst = planted_alternative(codes, probs, np.zeros_like(codes))
+    n = max(1000, int(samples_for_power(codes, probs, alt) * scale))
+    row_seed = derive_seed(seed, f"{scheme}/vocab")
+    start = time.perf_counter()
+    tenth = max(1, n // 10)
+    sample_codes = cell.sample(n, row_seed, chunk=16, progress=lambda done: bar(done) if done % tenth < 16 or done == n else None)
+    label = f"{scheme} / vocab {VC.VOCAB_SIZE} ({cell.probs_dtype})"
+    row = _test_row(label, "vocab", sample_codes, codes, probs, time.perf_counter() - start)
+    pw = power(codes, probs, alt, n, ALPHA_PER_TEST, mc_reps=200, seed=row_seed)
+    planted = g_test(_plant(sample_codes, src, dst, alt[src] + PLANTED_TV, PLANTED_TV, row_seed), codes, probs, ALPHA_PER_TEST)
+    row.update(scheme=scheme, level_kind=f"vocab{VC.VOCAB_SIZE}", seed=row_seed, power=pw.power, mc_power=pw.mc_power, planted_rejected=planted.rejected,
+               planted_statistic=planted.statistic, levels=cell.decoder().describe())
+    row["verdict"] = "FAIL" if row["rejected"] else ("PASS" if pw.power >= TARGET_POWER else "LOW POWER")
+    return row
+
+
 def run_fidelity(
     schemes: Sequence[str] = LOSSLESS_SCHEMES,
     kinds: Sequence[str] = C.LEVEL_KINDS,
     seed: int = 0,
     *,
     controls: bool = True,
+    vocab: bool = False,
     scale: float = 1.0,
     progress: Callable[[str, int], None] | None = None,
 ) -> dict:
     """Run the fidelity test (module docstring) and return the report dict.
 
     ``scale`` multiplies every sample size (``< 1`` for a quick look: the power claim then no longer
-    holds and the rows say so).  ``progress(label, samples)`` is called after every row."""
+    holds and the rows say so).  ``vocab``: add the V = 151936 cell of every sampling scheme among
+    ``schemes``.  ``progress(label, samples)`` is called after every row (and during a vocab row)."""
     schemes, kinds = list(schemes), list(kinds)
     for s in schemes:
         if s not in LOSSLESS_SCHEMES:
@@ -194,6 +219,8 @@ def run_fidelity(
             rows += [_engine_cell(s, k, seed, scale, bar(f"{s}/{k}")) for k in kinds]
         else:
             rows.append(_multidraft_row(s, seed, scale, bar(s)))
+    if vocab:
+        rows += [_vocab_row(s, seed, scale, bar(f"{s}/vocab")) for s in schemes if s in C.ENGINE_SCHEMES and s != "greedy"]
     if controls:
         rows += [_control_row(c, seed, scale, bar(c)) for c in CONTROL_SCHEMES]
     tested = [r for r in rows if r["kind"] != "control"]
@@ -202,6 +229,7 @@ def run_fidelity(
     return {
         "instance": {**asdict(C.DEFAULT_INSTANCE), "models": f"hsd_ref.strategies.toy_pair({C.DEFAULT_INSTANCE.vocab_size}, {C.DEFAULT_INSTANCE.toy_seed})"},
         "multidraft_instance": MULTI,
+        "vocab_instance": {"vocab_size": VC.VOCAB_SIZE, "head_ids": VC.HEAD_IDS, "segments": VC.N_SEGMENTS, "n_tokens": VC.N_TOKENS} if vocab else None,
         "seed": seed,
         "scale": scale,
         "alpha_per_test": ALPHA_PER_TEST,
@@ -236,6 +264,15 @@ def report_markdown(report: dict) -> str:
         f"one batch per cell; run seed {report['seed']}, sample scale {report['scale']:g}, torch {report['torch']} on {report['torch_threads']} threads.",
         f"G test per row at false-failure probability {report['alpha_per_test']:g} (the {n_tests} tests of a run together: <= {n_tests * report['alpha_per_test']:.2g}). "
         f"Samples per row: the fewest at which a planted transfer of TV {report['planted_tv']:g} is rejected with probability >= {report['target_power']:g}.",
+    ]
+    if report.get("vocab_instance"):
+        vi = report["vocab_instance"]
+        lines += [
+            f"Vocab rows: `SpeculativeDecoder` with its default float32 rows over two {vi['vocab_size']}-id models (`hsd_fast.fidelity.vocab`: "
+            f"{len(vi['head_ids'])} head ids, {vi['segments']} tail segments, the row chosen by the last token's class), draft length 3; "
+            f"the law of the first {vi['n_tokens']} tokens' bins (head id or tail segment).",
+        ]
+    lines += [
         "",
         "| scheme / level kind | samples | cells (pooled) | G | dof | p-value | TV estimate [95% CI] | power vs TV " + f"{report['planted_tv']:g}" + " | planted bias rejected | verdict | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -285,6 +322,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="run seed (per-row seeds are derived from it; default 0)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every sample size (default 1; below 1 the power claim does not hold)")
     p.add_argument("--no-controls", action="store_true", help="skip the lossy controls")
+    p.add_argument("--vocab", action="store_true", help=f"add the V={VC.VOCAB_SIZE} cell (float32 rows) of every sampling scheme: minutes per scheme")
     p.add_argument("--no-plots", action="store_true", help="no PNG per row")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cli)
@@ -297,7 +335,7 @@ def _cli(args) -> int:
     def progress(label, n):
         print(f"  {label}: {n} samples, {time.perf_counter() - start:.0f} s", flush=True)
 
-    report = run_fidelity(args.schemes, args.kinds, args.seed, controls=not args.no_controls, scale=args.scale, progress=None if args.quiet else progress)
+    report = run_fidelity(args.schemes, args.kinds, args.seed, controls=not args.no_controls, vocab=args.vocab, scale=args.scale, progress=None if args.quiet else progress)
     report["total_seconds"] = time.perf_counter() - start
     paths = write_report(report, args.out, plots=not args.no_plots)
     print(paths[0].read_text())

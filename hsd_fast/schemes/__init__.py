@@ -108,9 +108,10 @@ def sample_inverse_cdf(weights: torch.Tensor, u: torch.Tensor, fallback: torch.T
     the row's float total is what the exact rule does on the exactly renormalised row.
     """
     lead, V = weights.shape[:-1], weights.shape[-1]
-    cdf = torch.cumsum(weights.reshape(-1, V), dim=-1, dtype=torch.float64)  # [B, V]
+    flat = weights.reshape(-1, V)  # [B, V]
     if fallback is not None:  # a non-negative row sums to 0 iff it is 0 (selected without a host read)
-        cdf = torch.where(cdf[:, -1:] == 0, torch.cumsum(fallback.reshape(-1, V), dim=-1, dtype=torch.float64), cdf)
+        flat = torch.where(flat.sum(-1, keepdim=True) == 0, fallback.reshape(-1, V), flat)
+    cdf = torch.cumsum(flat, dim=-1, dtype=torch.float64)  # [B, V]
     total = cdf[:, -1:].contiguous()  # [B, 1]
     x = u.reshape(-1).to(torch.float64).unsqueeze(-1) * total  # [B, 1]
     idx = torch.searchsorted(cdf, x, right=True)  # [B, 1]

@@ -12,7 +12,8 @@ and ``h_K = pi_K``.  ``tau`` is the largest ``i`` with ``draws[:, i - 1] < h_i``
 emitted token is drawn with ``draws[:, K]`` from ``norm(max(pi_tau p_{tau+1} - q_{tau+1}, 0))``
 (the target row when that is empty) or, for ``tau = K``, from ``p_{K+1}``.
 
-Ties (see :mod:`hsd_fast.schemes`): ``pi_i`` within ``tol`` of 1 is 1, and an excess
+``S_i`` is summed in float64 whatever the rows' dtype (a float32 running sum over a large vocabulary
+drifts), and ``h_i`` is computed in float64.  Ties (see :mod:`hsd_fast.schemes`): ``pi_i`` within ``tol`` of 1 is 1, and an excess
 ``pi p(v) - q(v)`` within ``tol`` of ``pi p(v)`` is 0, with ``tol = tie_tolerance(dtype, 2K + 1)``
 (each ``pi_i`` carries at most ``2i`` roundings, its product with ``p`` one more).
 
@@ -72,7 +73,7 @@ def block(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_tokens: t
         scanning = ~passed  # [B]
         for i in range(K - 1, 0, -1):
             pi_i = pi[:, i]  # [B]
-            s = positive_excess(target_probs[:, i], draft_probs[:, i], tol, scale=pi_i.unsqueeze(1)).sum(dim=-1)  # S_i, [B]
+            s = positive_excess(target_probs[:, i], draft_probs[:, i], tol, scale=pi_i.unsqueeze(1)).sum(dim=-1, dtype=torch.float64)  # S_i, [B]
             reach = s + (1.0 - pi_i)  # exactly s when pi_i == 1, so h_i == 1 exactly
             h = torch.where(reach > 0, s / torch.where(reach > 0, reach, torch.ones_like(reach)), torch.ones_like(s))
             ok = scanning & (draws[:, i - 1] < h.to(torch.float64))
@@ -118,7 +119,7 @@ def block_loop(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_toke
             if i == K:
                 h = float(pi[K])
             else:
-                s = excess(i).sum()
+                s = excess(i).sum(dtype=torch.float64)
                 reach = s + (1.0 - pi[i])
                 h = float(s / reach) if float(reach) > 0 else 1.0
             if float(draws[b, i - 1]) < h:

@@ -17,7 +17,8 @@ sum's summand (the target row when it is empty).  The backward scan and draw lay
 verification's.  The draft is cut before its first token of draft probability 0 (or id -1): every
 ``h`` from there on is 0.
 
-Ties: ``s_t`` and ``h_K`` within ``tol`` of 1 are 1; a summand within ``tol`` (relative) of a tie is 0;
+The branch divergences are summed in float64 whatever the rows' dtype (a float32 running sum over
+a large vocabulary drifts).  Ties: ``s_t`` and ``h_K`` within ``tol`` of 1 are 1; a summand within ``tol`` (relative) of a tie is 0;
 ``tol = tie_tolerance(dtype, 4K + 4)`` covers the log/exp round trip.
 
 Lossless: proofs/coq/Block.v ``block_lossless`` (per draft, HSD-capped equals block verification).
@@ -84,8 +85,8 @@ def hsd_capped(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_toke
     for t in range(K - 1, 0, -1):
         q_t = draft_probs[:, t]  # [B, V]
         a = scale[:, t : t + 1] * target_probs[:, t]  # [B, V]: s_t p_{t+1}
-        plus = positive_excess(a, q_t, tol).sum(dim=-1)  # D*(p, q) / Q_t
-        minus = positive_excess(q_t, a, tol).sum(dim=-1)  # D*(q, p) / Q_t
+        plus = positive_excess(a, q_t, tol).sum(dim=-1, dtype=torch.float64)  # D*(p, q) / Q_t, [B]
+        minus = positive_excess(q_t, a, tol).sum(dim=-1, dtype=torch.float64)  # D*(q, p) / Q_t, [B]
         h = torch.where(minus > 0, plus / torch.where(minus > 0, minus, torch.ones_like(minus)), torch.ones_like(plus))
         h = snap_to_one(h, tol)  # plus == minus exactly when s_t == 1
         ok = scanning & (m >= t) & (draws[:, t - 1] < h.to(torch.float64))
@@ -140,8 +141,8 @@ def hsd_capped_loop(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft
                 h = 1.0 if h >= 1.0 - tol else h
             else:
                 a = scale[t] * target_probs[b, t]
-                plus = positive_excess(a, draft_probs[b, t], tol).sum()
-                minus = positive_excess(draft_probs[b, t], a, tol).sum()
+                plus = positive_excess(a, draft_probs[b, t], tol).sum(dtype=torch.float64)
+                minus = positive_excess(draft_probs[b, t], a, tol).sum(dtype=torch.float64)
                 h = float(plus / minus) if float(minus) > 0 else 1.0
                 h = 1.0 if h >= 1.0 - tol else h
             if float(draws[b, t - 1]) < h:

@@ -17,6 +17,7 @@ import torch
 from hsd_fast.engine import SpeculativeDecoder
 from hsd_fast.engine import step
 from hsd_fast.engine.tables import TableModel
+from hsd_fast.kernels import verify
 from hsd_fast.tiny import tiny_llama
 from hsd_fast.warp import Warp
 from hsd_ref.strategies import toy_pair
@@ -87,9 +88,34 @@ def test_custom_level_bad_rows_stop_the_decode_naming_the_level(toy, rows, what)
 
 def test_custom_level_wrong_shape_or_dtype_is_named(toy):
     T, _ = toy
-    for rows in (lambda B, n: torch.full((B, n, 4), 0.25, dtype=F64), lambda B, n: torch.full((B, n, 3), 1 / 3, dtype=torch.float32)):
+    for rows in (lambda B, n: torch.full((B, n, 4), 0.25, dtype=F64), lambda B, n: torch.full((B, n, 3), 1 / 3, dtype=torch.float16)):
         with pytest.raises(ValueError, match=r"levels\[0\]: Recorder.probs returned"):
             SpeculativeDecoder([Recorder(3, rows), T], thresholds=2, eos_token_id=None).generate([[0]], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("probs_dtype", ["float32", "float64"])
+@pytest.mark.parametrize("level_dtype", [torch.float32, F64])
+def test_custom_level_rows_take_the_engine_row_dtype(toy, probs_dtype, level_dtype):
+    """A custom level may answer float32 or float64; the engine casts to its probs_dtype, and every
+    row it verifies (the target's as well) has that dtype."""
+    T, _ = toy
+    seen = []
+
+    def spy(scheme, target_probs, draft_probs, draft_tokens, *, draws):
+        seen.append((target_probs.dtype, draft_probs.dtype))
+        return verify(scheme, target_probs, draft_probs, draft_tokens, draws=draws)
+
+    rows = lambda B, n: torch.tensor([0.5, 0.25, 0.25], dtype=level_dtype).expand(B, n, 3)  # noqa: E731  (exact in both dtypes)
+    dec = SpeculativeDecoder([Recorder(3, rows), T], thresholds=2, eos_token_id=None, probs_dtype=probs_dtype, verify_fn=spy)
+    assert len(dec.generate([[0]], max_new_tokens=3, seeds=[1]).tokens[0]) == 3
+    want = getattr(torch, probs_dtype)
+    assert seen and all(d == (want, want) for d in seen)
+
+
+@pytest.mark.parametrize("bad", ["float16", torch.bfloat16, "half", None, 32])
+def test_probs_dtype_is_checked(toy, bad):
+    with pytest.raises(ValueError, match="probs_dtype"):
+        SpeculativeDecoder(list(toy[::-1]), probs_dtype=bad)
 
 
 # ------------------------------------------------------------------------ NaN / inf logits, temperature
