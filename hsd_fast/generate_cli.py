@@ -32,7 +32,9 @@ def add_cli(subparsers) -> None:
                         "'none' = the target alone (default: ngram)")
     p.add_argument("--scheme", default="tokenwise",
                    help="verification scheme, one name or one per level comma-separated: tokenwise, block, hsd_capped, greedy")
-    p.add_argument("--thresholds", default=None, help="T_0,...,T_{n-1} comma-separated, or one int k (halving below); default 4")
+    p.add_argument("--thresholds", default=None, help="T_0,...,T_{n-1} comma-separated, one int k (halving below), or 'auto' "
+                                                      "(levels and thresholds chosen for the batch size from the decoder's own "
+                                                      "measurements; the first call explores); default 4")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
@@ -71,12 +73,12 @@ def _levels(args):
 
 
 def _thresholds(text):
-    if text is None:
-        return None
+    if text is None or text == "auto":
+        return text
     try:
         vals = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--thresholds: expected comma-separated ints, got {text!r}") from None
+        raise ValueError(f"--thresholds: expected comma-separated ints or 'auto', got {text!r}") from None
     return vals[0] if len(vals) == 1 else tuple(vals)
 
 

@@ -27,13 +27,13 @@ class RunSpec:
     levels: tuple[str, ...] = ("target",)  # engine level keys, bottom-up, "target" last (hsd_fast.bench.families)
     scheme: str = "tokenwise"
     thresholds: tuple[int, ...] = ()
-    group: str = "single"  # "baseline", "single", "hierarchy", "int8"
+    group: str = "single"  # "baseline", "single", "hierarchy", "int8", "auto" (SpeculativeDecoder(thresholds="auto"))
     plan: str | None = None  # the PlanSpec this run came from
 
     @property
     def k(self) -> int | None:
         """Draft length of a single-draft run (the speed-up-vs-K plots)."""
-        return self.thresholds[0] if self.kind == "engine" and len(self.levels) == 2 else None
+        return self.thresholds[0] if self.kind == "engine" and len(self.levels) == 2 and self.thresholds else None
 
     def describe(self) -> str:
         if self.kind != "engine":
@@ -41,6 +41,8 @@ class RunSpec:
                     "hf_lookup": f"transformers generate(prompt_lookup_num_tokens={self.thresholds[0]})"}[self.kind]
         if self.levels == ("target",):
             return "engine, target alone (autoregressive)"
+        if self.group == "auto":
+            return f"{' -> '.join(self.levels)}, {self.scheme}; levels and thresholds chosen per call for its batch size (thresholds='auto')"
         chain = " -> ".join(f"{lv} [T={t}]" for lv, t in zip(self.levels, self.thresholds)) + " -> target"  # zip stops before the target
         return f"{chain}, {self.scheme}"
 

@@ -11,7 +11,9 @@ dividing ``N`` that is every prompt once; a larger ``B`` (16 for 8 prompts) repe
 other seeds, so that every batch is full.  Every row emits exactly ``max_new_tokens`` tokens: no id
 ends a row, in the engine (``eos_token_id=None``) or in transformers (:func:`hf_generate_batch`).
 
-Order.  Per temperature and batch size, every configuration is warmed up once on ``B`` short rows,
+Order.  Per temperature and batch size, every configuration is warmed up once on ``B`` short rows
+(an auto configuration, ``thresholds="auto"``, twice: its first calls measure the acceptance and
+probe the costs its plan for that ``B`` needs),
 then the batches are measured with the configurations interleaved, in an order rotated by the
 batch's index and the batch size's place, so that no configuration always runs first.  Each batch's
 result is appended to ``sweep.jsonl`` as soon as it exists (``resume=True`` runs only what is
@@ -56,21 +58,24 @@ class SweepSuite:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
-def _runs(draft_keys: dict[str, str], schemes=("tokenwise", "block"), k: int = K) -> tuple[RunSpec, ...]:
+def _runs(draft_keys: dict[str, str], schemes=("tokenwise", "block"), k: int = K, auto: str | None = None) -> tuple[RunSpec, ...]:
     """Autoregressive, transformers generate, and ``scheme K=k`` over every draft level key
-    (``draft_keys``: name prefix -> level key)."""
+    (``draft_keys``: name prefix -> level key); ``auto``: the key of a draft whose stack also runs with
+    ``thresholds="auto"`` (block), the plan chosen per batch size."""
     runs = [RunSpec("autoregressive", "engine", group="baseline"), RunSpec("hf generate", "hf", group="baseline")]
     for prefix, key in draft_keys.items():
         group = "int8" if key.endswith("@int8") else "single"
         runs += [RunSpec(f"{prefix}{s} K={k}", "engine", (key, "target"), s, (k,), group) for s in schemes]
+    if auto is not None:
+        runs.append(RunSpec(f"auto {auto} block", "engine", (auto, "target"), "block", (), "auto"))
     return tuple(runs)
 
 
 def default_sweeps() -> list[SweepSuite]:
     """SmolLM2-135M with the n-gram drafter, and Qwen2.5-Coder 0.5B -> 1.5B (bf16 target; bf16 and
     int8 drafts): HumanEval 100-107, B = 1..16, T = 1 (about half an hour on 2 cores)."""
-    return [SweepSuite("sweep-smollm2", "smollm2", "bfloat16", _runs({"": "ngram"})),
-            SweepSuite("sweep-qwen", "qwen", "bfloat16", _runs({"": "draft", "int8 ": "draft@int8"}))]
+    return [SweepSuite("sweep-smollm2", "smollm2", "bfloat16", _runs({"": "ngram"}, auto="ngram")),
+            SweepSuite("sweep-qwen", "qwen", "bfloat16", _runs({"": "draft", "int8 ": "draft@int8"}, auto="draft@int8"))]
 
 
 def quick_sweeps() -> list[SweepSuite]:
@@ -82,7 +87,7 @@ def quick_sweeps() -> list[SweepSuite]:
 def tiny_sweeps() -> list[SweepSuite]:
     """Random tiny models, every kind of level (model draft, int8 draft, n-gram), 3 prompts so that a
     batch size that does not divide them repeats prompts; greedy and sampling."""
-    runs = _runs({"": "draft"}) + _runs({"int8 ": "draft@int8", "ngram ": "ngram"}, schemes=("tokenwise",))[2:]
+    runs = _runs({"": "draft"}, auto="draft") + _runs({"int8 ": "draft@int8", "ngram ": "ngram"}, schemes=("tokenwise",))[2:]
     return [SweepSuite("sweep-tiny", "tiny", "float64", runs, batch_sizes=(1, 2, 4), n_prompts=3, temperatures=(0.0, 1.0))]
 
 
@@ -176,8 +181,9 @@ class _SweepExecutor:
         key = (run, temperature)
         if key not in self._decoders:
             m = self.models
+            thresholds = "auto" if run.group == "auto" else (run.thresholds or None)
             self._decoders[key] = SpeculativeDecoder([m.level(k) for k in run.levels], scheme=run.scheme,
-                                                     thresholds=run.thresholds or None, temperature=temperature,
+                                                     thresholds=thresholds, temperature=temperature,
                                                      tokenizer=m.tokenizer, eos_token_id=None, timing=True)
         return self._decoders[key]
 
@@ -250,8 +256,9 @@ def run_sweep(suites: list[SweepSuite], settings) -> list[dict]:
             for temp, B, b, rows, run in bar:
                 if (temp, B) not in warm:  # first calls at a new batch size allocate caches and kernels
                     warm.add((temp, B))
-                    for r in for_temperature(list(suite.runs), temp):
-                        execute(r, [ids[i][-WARMUP_PROMPT:] for i in rows], temp, list(range(B)), WARMUP_TOKENS)
+                    for r in for_temperature(list(suite.runs), temp):  # an auto run twice: acceptance, then its cost probes
+                        for _ in range(2 if r.group == "auto" else 1):
+                            execute(r, [ids[i][-WARMUP_PROMPT:] for i in rows], temp, list(range(B)), WARMUP_TOKENS)
                 bar.set_postfix_str(f"T={temp:g} B={B} batch {b} {run.name}")
                 seeds = [settings.seed + b * B + i for i in range(B)]
                 res = execute(run, [ids[i] for i in rows], temp, seeds, N)

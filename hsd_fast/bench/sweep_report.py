@@ -79,10 +79,10 @@ def _row(recs: list[dict]) -> dict:
         return row
     decode = sum(r["decode_s"] for r in recs)
     calls = sum(r["metrics"]["levels"][-1]["calls"] for r in recs)
-    speculative = len(r0["metrics"]["levels"]) > 1
     # row-calls: a verifying target counts its rounds per live row; the autoregressive target runs
-    # every row at every call (all rows emit max_new_tokens, so they retire together)
-    row_calls = sum(r["metrics"]["levels"][-1]["rounds"] if speculative else r["metrics"]["levels"][-1]["calls"] * len(r["row_tokens"])
+    # every row at every call (all rows emit max_new_tokens, so they retire together).  Per record:
+    # an auto configuration may run either at one batch size
+    row_calls = sum(r["metrics"]["levels"][-1]["rounds"] if len(r["metrics"]["levels"]) > 1 else r["metrics"]["levels"][-1]["calls"] * len(r["row_tokens"])
                     for r in recs)
     pooled = _pool_positions(recs)
     rows_per_call = row_calls / calls if calls else None
@@ -97,6 +97,7 @@ def _row(recs: list[dict]) -> dict:
         draft_s=sum(lv["time_s"] for r in recs for lv in r["metrics"]["levels"][:-1]),
         target_s=sum(r["metrics"]["levels"][-1]["time_s"] for r in recs),
         verify_s=sum(lv.get("verify_s") or 0.0 for r in recs for lv in r["metrics"]["levels"]),
+        plans=sorted({r["metrics"].get("plan", "").split(";")[0] for r in recs}),  # the chains and thresholds that ran
     )
     return row
 
@@ -167,7 +168,7 @@ def _curve_table(curve: list[dict]) -> list[str]:
 
 def _verdict(sel: list[dict], curve: list[dict]) -> list[str]:
     """Where speculation stops paying as B grows, and why, in sentences made from the figures."""
-    spec = [r for r in sel if r["kind"] == "engine" and r["run"] != "autoregressive" and r["vs_autoregressive"] is not None]
+    spec = [r for r in sel if r["kind"] == "engine" and r["run"] != "autoregressive" and r["group"] != "auto" and r["vs_autoregressive"] is not None]
     lines = []
     for run in dict.fromkeys(r["run"] for r in spec):
         pts = sorted((r for r in spec if r["run"] == run), key=lambda r: r["batch_size"])
@@ -221,6 +222,27 @@ def _verdict(sel: list[dict], curve: list[dict]) -> list[str]:
                         "retiring at different iterations).")
             lines.append(head + tail + " Speculation pays while tau x rho > q, and q >= r.")
     return lines
+
+
+def _auto_lines(sel: list[dict]) -> list[str]:
+    """Per batch size: the plans an auto configuration ran and its throughput against the better of
+    autoregressive decoding and the best fixed speculative configuration (the target: >= 0.95x)."""
+    out = []
+    for run in dict.fromkeys(r["run"] for r in sel if r["group"] == "auto"):
+        cells = []
+        for r in sorted((r for r in sel if r["run"] == run), key=lambda r: r["batch_size"]):
+            B = r["batch_size"]
+            rivals = [x for x in sel if x["batch_size"] == B and x["kind"] == "engine" and x["group"] != "auto"]
+            best = max(rivals, key=lambda x: x["tokens_per_s"] or 0.0, default=None)
+            plans = r.get("plans") or ["?"]
+            if best is None or not r["tokens_per_s"]:
+                continue
+            ratio = r["tokens_per_s"] / best["tokens_per_s"]
+            cells.append(f"B={B}: {' / '.join(plans)}, {r['tokens_per_s']:.2f} tok/s = {ratio:.2f}x the best fixed configuration "
+                         f"({best['run']}, {best['tokens_per_s']:.2f}){'' if ratio >= 0.95 else ' (below the 0.95x target)'}")
+        if cells:
+            out.append(f"- *{run}* (the plan chosen per call for its batch size): " + "; ".join(cells) + ".")
+    return out
 
 
 def _plot(sel: list[dict], curve: list[dict], path: Path, title: str) -> None:
@@ -292,6 +314,9 @@ def sweep_section(rows: list[dict], suites: list, *, out_dir: Path, machine: dic
             L += [f"### {name} ({sel[0]['family']}, {sel[0]['dtype']}{prompts}), T = {t:g}", ""]
             L += ["Speed-up over our autoregressive loop at the same B (aggregate tokens/s):", ""] + _speedup_table(sel, sizes) + [""]
             L += ["**Where speculation stops paying.**", ""] + _verdict(sel, curve) + [""]
+            auto = _auto_lines(sel)
+            if auto:
+                L += ["**The batch-aware plan** (`thresholds=\"auto\"`: hsd_fast.engine.plan).", ""] + auto + [""]
             img = f"sweep-{name}-T{t:g}.png"
             _plot(sel, curve, Path(out_dir) / "bench" / img, f"{name}, T={t:g}")
             L += [f"![batch sweep, {name}, T={t:g}](bench/{img})", ""]

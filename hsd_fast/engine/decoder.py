@@ -40,6 +40,7 @@ from . import step
 from .config import ENGINE_SCHEMES, as_int, as_int_list, as_prompt_list, default_thresholds, is_int_like, parse_device, parse_dtype, parse_probs_dtype, parse_schemes, parse_seeds, parse_thresholds
 from .levels import ModelLevel, level_name
 from .metrics import LevelMetrics, Metrics
+from .plan import AutoPlanner, Plan, probe
 from .specs import resolve_levels
 from .state import CallState
 from ..rng import MAX_SEED
@@ -73,6 +74,7 @@ class GenerationResult:
     finish_reasons: list[str]  # "eos" or "length"
     metrics: Metrics
     texts: list[str] | None = None
+    plan: Plan | None = None  # the levels (decoder indices) and thresholds this call ran
 
 
 class _Rows:
@@ -158,7 +160,9 @@ class SpeculativeDecoder:
     ``levels``: bottom-up level specs, target last (see :mod:`hsd_fast.engine.specs`).
     ``scheme``: one scheme name for every verifying level, or one per level ``1..n``.
     ``thresholds``: ``T_0..T_{n-1}`` (a tuple), or an int ``k`` = ``T_{n-1}`` with the halving rule
-    below it (default ``k = 4``).  ``temperature`` 0 (or ``scheme="greedy"``) = greedy decoding.
+    below it (default ``k = 4``), or ``"auto"``: each call runs the levels and thresholds that the
+    latency model finds fastest for its batch size, from this decoder's own measurements
+    (:mod:`hsd_fast.engine.plan`; implies ``timing``).  ``temperature`` 0 (or ``scheme="greedy"``) = greedy decoding.
     ``allowed_ids`` / ``logits_processor``: applied identically at every level (:class:`Warp`).
     ``verify_fn``: the verification kernel (default ``hsd_fast.verify``), signature
     ``verify(scheme, target_probs, draft_probs, draft_tokens, *, draws=...)``.
@@ -172,7 +176,7 @@ class SpeculativeDecoder:
         self,
         levels: Sequence[object],
         scheme: str | Sequence[str] = "tokenwise",
-        thresholds: int | Sequence[int] | None = None,
+        thresholds: int | Sequence[int] | str | None = None,
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
@@ -215,14 +219,17 @@ class SpeculativeDecoder:
                     lvl.vocab_ids = self.vocab.model_ids
             self.warp = Warp(temperature, top_k, top_p, dtype=probs_dtype)
         self.V = self.vocab.V
-        self.thresholds = parse_thresholds(thresholds, n)
+        self.auto = isinstance(thresholds, str) and thresholds == "auto"
+        self.thresholds = parse_thresholds(None if self.auto else thresholds, n)  # auto: the stack's default, for its first call
         self.eos_ids = self._eos(eos_token_id)
         if verify_fn is not None and not callable(verify_fn):
             raise ValueError(f"verify_fn: expected a callable like hsd_fast.verify, got {verify_fn!r}")
         self.verify_fn = verify_fn if verify_fn is not None else _default_verify()
         if not isinstance(timing, bool):
             raise ValueError(f"timing: expected True or False, got {timing!r}")
-        self.timing = timing
+        self.timing = timing or self.auto
+        names = [f"L{i}:{level_name(lvl)}" for i, lvl in enumerate(self.levels)]
+        self.planner = AutoPlanner(names, [getattr(lvl, "kind", None) == "drafter" for lvl in self.levels], self.thresholds) if self.auto else None
         self._running = False
 
     # ------------------------------------------------------------------ configuration helpers
@@ -250,11 +257,12 @@ class SpeculativeDecoder:
         for i, lvl in enumerate(self.levels):
             s = level_name(lvl)
             if i < self.n:
-                s += f" (T={self.thresholds[i]})"
+                s += " (T=auto)" if self.auto else f" (T={self.thresholds[i]})"
             if i > 0:
                 s += f" <{self.schemes[i - 1]}>"
             parts.append(s)
-        return " -> ".join(parts) + f"; {self.warp!r}"
+        plan = "; levels and thresholds chosen per call for its batch size" if self.auto else ""
+        return " -> ".join(parts) + plan + f"; {self.warp!r}"
 
     def encode(self, prompts) -> list[list[int]]:
         out = []
@@ -283,9 +291,9 @@ class SpeculativeDecoder:
                     f"({max_new_tokens}) = {need} exceeds the context length {limit} of levels[{i}] ({level_name(lvl)})"
                 )
 
-    def _backends(self) -> list:
+    def _backends(self, levels=None) -> list:
         seen: dict = {}
-        for lvl in self.levels:
+        for lvl in self.levels if levels is None else levels:
             be = getattr(lvl, "backend", None)
             if be is not None:
                 seen.setdefault(id(be), be)
@@ -312,18 +320,36 @@ class SpeculativeDecoder:
             if len(uniq) != len(ids):
                 be.select_rows(index)
 
-    def _metrics(self) -> Metrics:
+    def _metrics(self, run: CallState) -> Metrics:
         return Metrics(
             [
                 LevelMetrics(
                     level_name(lvl),
-                    "target" if i == self.n else getattr(lvl, "kind", "model"),
-                    None if i == 0 else self.schemes[i - 1],
-                    None if i == self.n else self.thresholds[i],
+                    "target" if i == run.n else getattr(lvl, "kind", "model"),
+                    None if i == 0 else run.schemes[i - 1],
+                    None if i == run.n else run.thresholds[i],
                 )
-                for i, lvl in enumerate(self.levels)
+                for i, lvl in enumerate(run.levels)
             ]
         )
+
+    def _plan(self, ids: list[list[int]]) -> tuple[Plan, float]:
+        """The call's plan and the seconds spent choosing it (cost probes; 0 for a fixed stack)."""
+        if not self.auto:
+            return Plan(tuple(range(self.n + 1)), self.thresholds), 0.0
+        B, missing = len(ids), self.planner.missing(len(ids))
+        if not missing or self.planner.plan(B).explore:
+            return self.planner.plan(B), 0.0
+        t0 = time.perf_counter()  # probe the missing cost points over the prompts, after their prefill
+        backends = self._backends()
+        for be in backends:
+            be.reset()
+        self._prefill(ids, backends)
+        seq, lens = _Rows(ids, 1, self.device).ctx, torch.tensor([len(x) for x in ids], device=self.device)
+        for k, (i, m) in enumerate(missing):
+            filler = k % self.vocab_size  # distinct tokens per probe: no probe reuses another's positions
+            self.planner.add_cost(i, B * m, probe(self.levels[i], seq, lens, m, self.warp, filler, self.device))
+        return self.planner.plan(B), time.perf_counter() - t0
 
     # ------------------------------------------------------------------ public API
 
@@ -361,19 +387,20 @@ class SpeculativeDecoder:
 
     def _generate(self, ids, max_new_tokens: int, seeds: list[int], on_tokens) -> GenerationResult:
         dev, B = self.device, len(ids)
-        backends = self._backends()
-        for be in backends:
-            be.reset()
-        run = CallState(self, torch.tensor(seeds, dtype=torch.int64, device=dev), self.timing)
-        rows = _Rows(ids, (self.thresholds[-1] if self.n else 0) + 1, dev)
-        eos = torch.tensor(self.eos_ids, dtype=torch.int64, device=dev) if self.eos_ids else None
-        metrics = self._metrics()
-        metrics.timed = self.timing
         t0 = time.perf_counter()
+        plan, probe_s = self._plan(ids)
+        run = CallState(self, torch.tensor(seeds, dtype=torch.int64, device=dev), self.timing, plan)
+        for be in self._backends():  # every level's: frees the caches of levels this plan leaves out
+            be.reset()
+        backends = self._backends(run.levels)
+        rows = _Rows(ids, (plan.thresholds[-1] if run.n else 0) + 1, dev)
+        eos = torch.tensor(self.eos_ids, dtype=torch.int64, device=dev) if self.eos_ids else None
+        metrics = self._metrics(run)
+        metrics.timed, metrics.plan, metrics.probe_s = self.timing, plan.describe(self.planner.names if self.auto else [f"L{i}:{level_name(lvl)}" for i, lvl in enumerate(self.levels)]), probe_s
         self._prefill(ids, backends)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        metrics.prefill_s = time.perf_counter() - t0
+        metrics.prefill_s = time.perf_counter() - t0 - probe_s
         while rows.n_live:
             out, num_accepted = step.iteration(run, rows.ctx, rows.lens, rows.active)
             out = self.vocab.to_model(out)
@@ -399,8 +426,10 @@ class SpeculativeDecoder:
         metrics.new_tokens = sum(len(t) for t in rows.tokens)
         metrics.target_calls = metrics.levels[-1].calls
         metrics.target_rounds = metrics.levels[-1].rounds
+        if self.auto:
+            self.planner.record(plan, metrics)
         texts = [self.tokenizer.decode(t) for t in rows.tokens] if self.tokenizer is not None else None
-        return GenerationResult(rows.tokens, rows.reasons, metrics, texts)
+        return GenerationResult(rows.tokens, rows.reasons, metrics, texts, plan)
 
 
 def generate(

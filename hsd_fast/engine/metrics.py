@@ -35,6 +35,7 @@ class LevelMetrics:
     tested: int = 0
     accept_counts: list[int] = field(default_factory=list)
     by_positions: dict = field(default_factory=dict)  # positions scored per call -> [calls, seconds]
+    by_total: dict = field(default_factory=dict)  # rows x positions per call -> [calls, seconds] (a drafter: rows -> [proposal steps, seconds])
     verify_s: float = 0.0  # time in the verification kernel of this level (not in time_s)
 
     @property
@@ -66,6 +67,7 @@ class LevelMetrics:
             "time_s": self.time_s,
             "time_per_call_s": self.time_per_call_s,
             "by_positions": {str(m): list(v) for m, v in sorted(self.by_positions.items())},
+            "by_total": {str(m): list(v) for m, v in sorted(self.by_total.items())},
         }
         if self.scheme is not None:
             d.update(
@@ -92,7 +94,9 @@ class Metrics:
     target_rounds: int = 0  # target verification rounds, per active row (= levels[-1].rounds)
     target_calls: int = 0  # batched target forward calls during decoding (the prefill is not one)
     prefill_s: float = 0.0  # the prompts' prefill on every caching backend (part of wall_time_s)
+    probe_s: float = 0.0  # cost probes of thresholds="auto" before the call's plan (part of wall_time_s; once per batch size)
     timed: bool = False  # level calls and verifications were timed (SpeculativeDecoder(timing=True))
+    plan: str = ""  # the levels and thresholds this call ran (SpeculativeDecoder(thresholds="auto") chooses them per call)
 
     @property
     def tokens_per_s(self) -> float:
@@ -100,8 +104,8 @@ class Metrics:
 
     @property
     def decode_s(self) -> float:
-        """Wall time after the prefill."""
-        return self.wall_time_s - self.prefill_s
+        """Wall time after the prefill (and the cost probes of an auto plan)."""
+        return self.wall_time_s - self.prefill_s - self.probe_s
 
     @property
     def verify_s(self) -> float:
@@ -129,8 +133,10 @@ class Metrics:
             "target_calls": self.target_calls,
             "target_rounds": self.target_rounds,
             "prefill_s": self.prefill_s,
+            "probe_s": self.probe_s,
             "decode_s": self.decode_s,
             "timed": self.timed,
+            "plan": self.plan,
             "verify_s": self.verify_s,
             "other_s": self.other_s,
             "levels": [lv.as_dict() for lv in self.levels],
@@ -167,8 +173,11 @@ class Metrics:
             f"new tokens {self.new_tokens}  wall {self.wall_time_s:.3f} s  {self.tokens_per_s:.2f} tok/s  "
             f"tokens/target call {'n/a' if tpc is None else f'{tpc:.3f}'}",
             f"  prefill {self.prefill_s:.3f} s, decode {self.decode_s:.3f} s"
-            + (f" (verification kernels {self.verify_s:.3f} s, engine bookkeeping {self.other_s:.3f} s)" if self.timed else " (level calls untimed)"),
+            + (f" (verification kernels {self.verify_s:.3f} s, engine bookkeeping {self.other_s:.3f} s)" if self.timed else " (level calls untimed)")
+            + (f", cost probes {self.probe_s:.3f} s" if self.probe_s else ""),
         ]
+        if self.plan:
+            lines.append(f"  plan: {self.plan}")
         for i, lv in enumerate(self.levels):
             s = f"  L{i} {lv.kind:7s} {lv.name}"
             if lv.threshold is not None:
@@ -191,22 +200,29 @@ class Tally:
 
     _FIELDS = ("rounds", "drafted", "accepted", "rejections", "tested")
 
-    def __init__(self, dec, device: torch.device):
-        L = len(dec.levels)
+    def __init__(self, levels, thresholds, device: torch.device):
+        L = len(levels)
         self.counts = torch.zeros(L, len(self._FIELDS), dtype=torch.int64, device=device)  # [L, 5]
         self.minpq = torch.zeros(L, dtype=torch.float64, device=device)  # [L]
         # level i >= 1 verifies batches of T_{i-1} tokens: accepted counts 0..T_{i-1}
-        self.hist = [torch.zeros(dec.thresholds[i - 1] + 1 if i else 1, dtype=torch.int64, device=device) for i in range(L)]
+        self.hist = [torch.zeros(thresholds[i - 1] + 1 if i else 1, dtype=torch.int64, device=device) for i in range(L)]
         self.calls, self.time_s, self.verify_s = [0] * L, [0.0] * L, [0.0] * L
         self.by_positions: list[dict] = [{} for _ in range(L)]
-        self.drafter = [getattr(lvl, "kind", None) == "drafter" for lvl in dec.levels]
+        self.by_total: list[dict] = [{} for _ in range(L)]
+        self.drafter = [getattr(lvl, "kind", None) == "drafter" for lvl in levels]
 
-    def call(self, level: int, positions: int, seconds: float) -> None:
-        """One call of ``level`` scoring ``positions`` positions per row (a drafter: proposing them)."""
+    def call(self, level: int, rows: int, positions: int, seconds: float) -> None:
+        """One call of ``level`` scoring ``positions`` positions for each of ``rows`` rows (a drafter:
+        proposing them)."""
         self.calls[level] += 1
         self.time_s[level] += seconds
-        if not self.drafter[level]:
-            rec = self.by_positions[level].setdefault(positions, [0, 0.0])
+        if self.drafter[level]:
+            rec = self.by_total[level].setdefault(rows, [0, 0.0])
+            rec[0] += positions  # proposal steps
+            rec[1] += seconds
+            return
+        for book, key in ((self.by_positions[level], positions), (self.by_total[level], rows * positions)):
+            rec = book.setdefault(key, [0, 0.0])
             rec[0] += 1
             rec[1] += seconds
 
@@ -241,3 +257,4 @@ class Tally:
             lm.accept_counts = hist[i] if i and lm.rounds else []
             lm.calls, lm.time_s, lm.verify_s = self.calls[i], self.time_s[i], self.verify_s[i]
             lm.by_positions = {k: list(v) for k, v in self.by_positions[i].items()}
+            lm.by_total = {k: list(v) for k, v in self.by_total[i].items()}

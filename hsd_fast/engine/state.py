@@ -47,17 +47,21 @@ def append(seq: torch.Tensor, lens: torch.Tensor, new: torch.Tensor) -> torch.Te
 class CallState:
     """Per-call state of a :class:`~hsd_fast.engine.decoder.SpeculativeDecoder` (module docstring)."""
 
-    def __init__(self, dec, seeds: torch.Tensor, timing: bool):
+    def __init__(self, dec, seeds: torch.Tensor, timing: bool, plan):
         self.dec = dec
-        self.levels, self.vocab, self.warp = dec.levels, dec.vocab, dec.warp
+        # the call's stack (hsd_fast.engine.plan.Plan): level j of the step is the decoder's level chain[j]
+        self.chain = plan.chain
+        self.levels = [dec.levels[i] for i in plan.chain]
+        self.n, self.thresholds = len(plan.chain) - 1, plan.thresholds
+        self.schemes = tuple(dec.schemes[i - 1] for i in plan.chain[1:])  # each verifying level's own scheme
+        self.vocab, self.warp = dec.vocab, dec.warp
         self.dtype = dec.warp.dtype  # every probability row of the call: [B, n, V] of this dtype
         self.row_tol = ROW_SUM_TOL[self.dtype]  # a probability row must sum to 1 within this
-        self.n, self.thresholds, self.schemes = dec.n, dec.thresholds, dec.schemes
-        self.drafter_at_bottom = dec.n > 0 and getattr(self.levels[0], "kind", None) == "drafter"
+        self.drafter_at_bottom = self.n > 0 and getattr(self.levels[0], "kind", None) == "drafter"
         self.keys = row_keys(seeds)  # [B]
         self.counters = torch.zeros_like(seeds)  # [B] uniforms used by each row
         self.bad = torch.zeros(len(self.levels), dtype=torch.bool, device=seeds.device)  # a level gave bad rows
-        self.tally = Tally(dec, seeds.device)
+        self.tally = Tally(self.levels, self.thresholds, seeds.device)
         self.timing = timing
         self._buffers: dict = {}
 
@@ -75,11 +79,11 @@ class CallState:
         lvl = self.levels[level]
         t0 = self._clock()
         p = lvl.probs(seq, lens, n_out, self.warp)
-        self.tally.call(level, n_out, self._clock() - t0)
+        self.tally.call(level, seq.shape[0], n_out, self._clock() - t0)
         want = (seq.shape[0], n_out, self.vocab.level_width)
         if not isinstance(p, torch.Tensor) or tuple(p.shape) != want or p.dtype not in (torch.float32, torch.float64):
             got = f"{tuple(p.shape)} {p.dtype}" if isinstance(p, torch.Tensor) else type(p).__name__
-            raise ValueError(f"levels[{level}]: {level_name(lvl)}.probs returned {got}, expected a float32 or float64 tensor of shape {want}")
+            raise ValueError(f"levels[{self.chain[level]}]: {level_name(lvl)}.probs returned {got}, expected a float32 or float64 tensor of shape {want}")
         p = self.vocab.pad(p.to(self.dtype))
         bad = ~((p.sum(-1) - 1).abs() <= self.row_tol) | (p.amin(-1) < 0)  # [B, n_out]; NaN counts as bad
         self.bad[level] |= (bad.any(-1) & active).any()
@@ -89,7 +93,7 @@ class CallState:
         """A drafter's ``n`` proposals (engine ids) and their point-mass laws.  -> [B, n], [B, n, V]"""
         t0 = self._clock()
         tokens, bad = self.levels[0].propose(seq, lens, n)
-        self.tally.call(0, n, self._clock() - t0)
+        self.tally.call(0, seq.shape[0], n, self._clock() - t0)
         self.bad[0] |= (bad & active).any()
         # an id outside the vocabulary is reported by the bad flag at the next host read; until then it
         # must still index the vocabulary map and the point-mass rows
@@ -143,6 +147,7 @@ class CallState:
             return
         level = int(torch.nonzero(self.bad)[0, 0])
         lvl = self.levels[level]
+        level = self.chain[level]  # the decoder's index of the level
         if getattr(lvl, "kind", None) == "drafter":
             raise ValueError(f"levels[0]: drafter {level_name(lvl)} proposed an id outside [0, {self.vocab.vocab_size}); nothing from this iteration was emitted")
         raise ValueError(

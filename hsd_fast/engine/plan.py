@@ -1,0 +1,133 @@
+"""Which levels and draft lengths a call runs: a fixed stack, or the batch-aware plan (``thresholds="auto"``).
+
+A :class:`Plan` is a chain of the decoder's levels (bottom-up indices, the target last) with its
+thresholds ``T_0..T_{n-1}``.  A decoder built with explicit thresholds (or the default ``k = 4``)
+runs every call on its whole stack.  With ``thresholds="auto"`` each call runs the plan that
+``hsd_ref.optimize.optimal_hierarchy(..., batch=B)`` chooses for the call's batch size ``B`` among
+every sub-chain of the given levels that ends at the target -- the target alone, plain
+autoregressive decoding, included -- and thresholds ``1..max_threshold``, from what the decoder has
+measured itself (:class:`AutoPlanner`):
+
+* **costs**: every level call of an auto decoder is timed and kept by the TOTAL positions it scored
+  (rows x positions per row; a drafter's by rows, per proposal step).  Before planning for a batch
+  size, the points the optimiser needs and the decoder lacks are *probed*: one timed forward of each
+  model level at ``B x m`` positions, ``m`` in :data:`PROBE_POSITIONS` (level 0, which only ever
+  drafts, at ``m = 1``), over the call's own prompts
+  after their prefill (the position-indexed cache recomputes what a probe overwrote).  Between
+  points a curve is piecewise linear (``hsd_ref.CostCurve.points``).
+* **acceptance**: ``alpha = accepted / (accepted + rejections)`` of every pair of levels that has
+  run adjacent, summed over the decoder's past calls.  A pair never run adjacent is an edge the
+  optimiser cannot use; until every adjacent pair of the given stack has a measurement, a call runs
+  the whole stack with the default thresholds (:meth:`AutoPlanner.plan` returns it, ``explore``).
+
+Early exits sharing a backend are probed with distinct tokens, so their measured costs do not
+credit the sharing (the plan is then conservative about hierarchies with exits).
+
+**Lossless.**  A call's plan is a function of the batch size and of earlier calls only (their
+measured times and acceptance counts), fixed before the call draws any random number; the call
+is then an ordinary decode with a fixed stack, exact by that stack's proof (docs/latency.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Plan", "AutoPlanner", "PROBE_POSITIONS", "probe"]
+
+PROBE_POSITIONS = (1, 2, 3, 5, 9)  # positions per row of the cost probes (a draft of up to 8 + 1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """``chain``: level indices bottom-up (the target last); ``thresholds``: ``T_0..T_{n-1}``;
+    ``predicted_speedup``: the optimiser's prediction over the target alone at this batch size
+    (``None`` for a fixed stack or an exploring call)."""
+
+    chain: tuple[int, ...]
+    thresholds: tuple[int, ...]
+    predicted_speedup: float | None = None
+    explore: bool = False
+
+    def describe(self, names) -> str:
+        parts = [f"{names[i]} (T={t})" for i, t in zip(self.chain, self.thresholds)] + [names[self.chain[-1]]]
+        s = " -> ".join(parts)
+        if self.predicted_speedup is not None:
+            s += f"; predicted {self.predicted_speedup:.2f}x over the target alone"
+        return s + ("; exploring (acceptance not yet measured)" if self.explore else "")
+
+
+class AutoPlanner:
+    """Measured costs and acceptance of one decoder's levels, and the plan per batch size (module doc)."""
+
+    def __init__(self, names: list[str], drafter: list[bool], default_thresholds: tuple[int, ...], max_threshold: int = 8):
+        self.names = names
+        self.drafter = drafter
+        self.default = Plan(tuple(range(len(names))), default_thresholds, explore=True)
+        self.max_threshold = max_threshold
+        self.costs: list[dict[int, list]] = [{} for _ in names]  # per level: total positions -> [calls, seconds]
+        self.counts: dict[tuple[int, int], list[int]] = {}  # (lower, upper) level indices -> [accepted, rejections]
+
+    # -- what the decoder feeds back -------------------------------------------------------------
+
+    def record(self, plan: Plan, metrics) -> None:
+        """Add one call's timed costs and acceptance counts (``metrics`` of a call run on ``plan``)."""
+        for i, lm in zip(plan.chain, metrics.levels):
+            for total, (calls, seconds) in lm.by_total.items():
+                rec = self.costs[i].setdefault(total, [0, 0.0])
+                rec[0] += calls
+                rec[1] += seconds
+        for lower, upper, lm in zip(plan.chain, plan.chain[1:], metrics.levels[1:]):
+            rec = self.counts.setdefault((lower, upper), [0, 0])
+            rec[0] += lm.accepted
+            rec[1] += lm.rejections
+
+    def add_cost(self, level: int, total: int, seconds: float) -> None:
+        rec = self.costs[level].setdefault(total, [0, 0.0])
+        rec[0] += 1
+        rec[1] += seconds
+
+    # -- planning ---------------------------------------------------------------------------------
+
+    def missing(self, B: int) -> list[tuple[int, int]]:
+        """The probes a plan for ``B`` rows needs: ``(level, positions per row)`` of model levels
+        whose curve has no point at ``B x m`` (drafters are measured as they run)."""
+        want = lambda i: PROBE_POSITIONS[:1] if i == 0 else PROBE_POSITIONS  # noqa: E731  (level 0 only drafts)
+        return [(i, m) for i in range(len(self.names)) if not self.drafter[i] for m in want(i) if B * m not in self.costs[i]]
+
+    def plan(self, B: int) -> Plan:
+        from hsd_ref.optimize import optimal_hierarchy
+
+        n = len(self.names)
+        if n == 1 or any((i, i + 1) not in self.counts or sum(self.counts[(i, i + 1)]) == 0 for i in range(n - 1)):
+            return self.default
+        costs = {}
+        for i, name in enumerate(self.names):
+            pts = {t: s / c for t, (c, s) in self.costs[i].items() if c}
+            if self.drafter[i]:  # per proposal step of the whole batch: its cost at B rows, else the nearest measured
+                near = min(pts, key=lambda t: abs(t - B)) if pts else None
+                pts = {1: pts[near] if near is not None else 0.0}
+            if not pts:
+                return self.default
+            costs[name] = pts
+        acceptance = {(self.names[a], self.names[b]): acc / (acc + rej) for (a, b), (acc, rej) in self.counts.items() if acc + rej}
+        hp = optimal_hierarchy(self.names, costs, acceptance, max_threshold=self.max_threshold, exact=False, batch=B)
+        chain = tuple(self.names.index(x) for x in hp.chain)
+        return Plan(chain, tuple(hp.thresholds), float(hp.speedup))
+
+
+def probe(level, seq: torch.Tensor, lens: torch.Tensor, m: int, warp, filler: int, device: torch.device) -> float:
+    """Seconds of one call of ``level`` scoring ``m`` new positions after each row ``seq[b, :lens[b]]``
+    (the new tokens all ``filler``: a probe's tokens are garbage the next real call recomputes)."""
+    B = seq.shape[0]
+    ext = torch.cat([seq, seq.new_full((B, m), filler)], 1)
+    ext.scatter_(1, lens[:, None] + torch.arange(m, device=lens.device), filler)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    level.probs(ext, lens + m, m, warp)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
