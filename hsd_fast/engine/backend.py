@@ -40,13 +40,14 @@ matter: a backend may reuse any work whose token prefix is unchanged, so callers
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Protocol
 
 import torch
 
 from ..quant import Int8Linear
-from .fused import FusedLayer, fusable
+from .fused import FusedLayer, fusable, layer_forward
 
 __all__ = ["Backend", "CachedLM", "RecomputeLM", "supports_cached", "SUPPORTED_TYPES"]
 
@@ -132,12 +133,26 @@ class _SlotCache:
         return keys[:, :, : self.kv_len], values[:, :, : self.kv_len]
 
 
-class CachedLM:
-    """A Llama-style HF causal LM behind a position-indexed, segment-split KV cache (module doc)."""
+@functools.lru_cache(maxsize=1)
+def compiled_layer_forward():
+    """``torch.compile(layer_forward, dynamic=True)``, one per process: every layer of every model
+    shares it (the layer index and the weights are not guards; the mask's presence is, so two graphs
+    serve a model: masked and unmasked calls).  Dynamic shapes: the batch, the positions per call and
+    the attention width vary without recompiling."""
+    return torch.compile(layer_forward, dynamic=True)
 
-    def __init__(self, model, name: str | None = None, layers: str = "auto"):
+
+class CachedLM:
+    """A Llama-style HF causal LM behind a position-indexed, segment-split KV cache (module doc).
+
+    ``compile=True`` runs each layer through :func:`compiled_layer_forward` (needs the fused layer
+    forward; the first calls compile, about a minute on a CPU)."""
+
+    def __init__(self, model, name: str | None = None, layers: str = "auto", compile: bool = False):
         if layers not in ("auto", "fused", "hf"):
             raise ValueError(f"layers: expected 'auto', 'fused' or 'hf', got {layers!r}")
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile: expected True or False, got {compile!r}")
         reason = supports_cached(model)
         if reason is not None:
             raise ValueError(f"model: CachedLM cannot drive this model ({reason}); use RecomputeLM")
@@ -169,6 +184,13 @@ class CachedLM:
         if layers == "fused" and why is not None:
             raise ValueError(f"layers: 'fused' needs Llama-style layers ({why})")
         self._fused = [FusedLayer.of(layer) for layer in self.layers] if layers != "hf" and why is None else None
+        if compile and self._fused is None:
+            raise ValueError(f"compile: needs the fused layer forward, which {self.name} cannot use ({why or 'layers=hf'})")
+        self._forward = compiled_layer_forward() if compile else layer_forward
+        # keys and values in float32 on a CPU for half-precision models (fused layers only): this torch's
+        # CPU attention with one query per row is 4-8x slower in bfloat16 than in float32 (docs/engine.md)
+        half = self.dtype in (torch.bfloat16, torch.float16)
+        self.kv_dtype = torch.float32 if half and self.device.type == "cpu" and self._fused is not None else self.dtype
         self.reset()
 
     def add_exit(self, depth: int) -> None:
@@ -215,7 +237,7 @@ class CachedLM:
             attn = layer.self_attn
             shape = (B, attn.config.num_key_value_heads, cap, attn.head_dim)
             # zeros, not empty: masked slots still enter the attention products, so they must be finite
-            kv.append((torch.zeros(shape, dtype=dt, device=dev), torch.zeros(shape, dtype=dt, device=dev)))
+            kv.append((torch.zeros(shape, dtype=self.kv_dtype, device=dev), torch.zeros(shape, dtype=self.kv_dtype, device=dev)))
         hid = [torch.zeros((B, cap, self.hidden), dtype=dt, device=dev) for _ in self.bounds]
         return tok, kv, hid
 
@@ -375,14 +397,14 @@ class CachedLM:
         else:
             keys = torch.arange(E, device=pos.device)
             allowed = keys[None, None, None, :] <= (pos[:1] if uniform else pos)[:, None, :, None]  # [B or 1, 1, M, E]
-            mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, torch.finfo(x.dtype).min)
+            mask = torch.zeros(allowed.shape, dtype=self.kv_dtype, device=x.device).masked_fill_(~allowed, torch.finfo(self.kv_dtype).min)
         cos_sin = self.rotary(x, pos)
         cache = _SlotCache(self.kv, slot, E)
         lo = 0 if s == 0 else self.bounds[s - 1]
         if self._fused is not None:
             for fl in self._fused[lo : self.bounds[s]]:
                 fl.check()
-                x = fl(x, mask, cos_sin, cache)
+                x = fl(x, mask, cos_sin, cache, self._forward)
         else:
             for layer in self.layers[lo : self.bounds[s]]:
                 x = layer(x, attention_mask=mask, position_ids=pos, position_embeddings=cos_sin, use_cache=True, **{self._cache_kw: cache})

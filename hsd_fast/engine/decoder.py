@@ -168,6 +168,8 @@ class SpeculativeDecoder:
     ``verify(scheme, target_probs, draft_probs, draft_tokens, *, draws=...)``.
     ``timing``: measure each level call and verification (``Metrics`` seconds; on CUDA with a device
     synchronisation around each, so only when asked for).  Call counts are always recorded.
+    ``compile``: run the cached models' layers through ``torch.compile`` (docs/engine.md, "Compiled
+    layers"; the first calls compile).
     ``probs_dtype``: the dtype of every probability row (``"float32"``, the default, or ``"float64"``);
     the kernels accumulate cumulative sums and residual masses in float64 either way (docs/engine.md).
     """
@@ -192,9 +194,12 @@ class SpeculativeDecoder:
         loader: Callable | None = None,
         timing: bool = False,
         probs_dtype: str | torch.dtype = "float32",
+        compile: bool = False,
     ):
         dtype, device, probs_dtype = parse_dtype(dtype), parse_device(device), parse_probs_dtype(probs_dtype)
-        self.levels, found_tok = resolve_levels(levels, device=device, dtype=dtype, loader=loader, cache=cache)
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile: expected True or False, got {compile!r}")
+        self.levels, found_tok = resolve_levels(levels, device=device, dtype=dtype, loader=loader, cache=cache, compile=compile)
         self.tokenizer = tokenizer if tokenizer is not None else found_tok
         n = len(self.levels) - 1
         self.n = n

@@ -21,7 +21,7 @@ import torch
 
 from ..quant import Int8Linear
 
-__all__ = ["FusedLayer", "fusable"]
+__all__ = ["FusedLayer", "fusable", "layer_forward"]
 
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -117,25 +117,42 @@ class FusedLayer:
             raise RuntimeError("the model's layers were replaced after its CachedLM was built (quantize_int8?): "
                                "build a new backend (a new SpeculativeDecoder)")
 
-    def __call__(self, x, mask, cos_sin, cache):
-        layer, attn, mlp = self.layer, self.layer.self_attn, self.layer.mlp
-        B, M, _ = x.shape
-        D = self.head_dim
-        h = layer.input_layernorm(x)
-        q, k, v = self.qkv(h)
-        q, k, v = q.view(B, M, -1, D), k.view(B, M, -1, D), v.view(B, M, -1, D)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, M, D]
-        cos, sin = (t.unsqueeze(1) for t in cos_sin)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        keys, values = cache.update(k, v, self.idx)
-        if self.n_heads != self.n_kv and not _SDPA_GQA:
-            rep = self.n_heads // self.n_kv
-            keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-        gqa = {"enable_gqa": True} if self.n_heads != self.n_kv and _SDPA_GQA else {}
-        o = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling, **gqa)
-        x = x + _linear(attn.o_proj, o.transpose(1, 2).reshape(B, M, self.n_heads * D))
-        gate, up = self.gate_up(layer.post_attention_layernorm(x))
-        return x + _linear(mlp.down_proj, mlp.act_fn(gate) * up)
+    def __call__(self, x, mask, cos_sin, cache, forward=None):
+        """x [B, M, hidden] -> [B, M, hidden]; ``cache`` (the backend's slot cache) holds this layer's
+        key/value buffers at ``cache.kv[idx]``; ``forward``: :func:`layer_forward` or a compiled copy."""
+        keys, values = cache.kv[self.idx]  # outside the compiled region: the layer index is not a guard
+        return (forward or layer_forward)(self, x, mask, cos_sin[0], cos_sin[1], keys, values, cache.index, cache.kv_len)
+
+
+def layer_forward(fl: FusedLayer, x, mask, cos, sin, keys_buf, values_buf, index, kv_len: int):
+    """One decoder layer: x [B, M, hidden], mask None or additive [B or 1, 1, M, kv_len], cos/sin
+    [B, M, D], the layer's cache buffers keys_buf/values_buf [B, H_kv, capacity, D] (the new keys and
+    values are written at slots ``index`` [B, M]; attention reads the first ``kv_len`` slots and runs
+    in the buffers' dtype, the mask's too).
+    A function of tensors and of the layer's modules only, so one ``torch.compile`` of it serves every
+    layer of every model of one architecture (:class:`~hsd_fast.engine.backend.CachedLM`'s ``compile``)."""
+    layer, attn, mlp = fl.layer, fl.layer.self_attn, fl.layer.mlp
+    B, M, _ = x.shape
+    D = fl.head_dim
+    h = layer.input_layernorm(x)
+    q, k, v = fl.qkv(h)
+    q, k, v = q.view(B, M, -1, D), k.view(B, M, -1, D), v.view(B, M, -1, D)
+    if fl.q_norm is not None:
+        q, k = fl.q_norm(q), fl.k_norm(k)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, M, D]
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    slots = index[:, None, :, None].expand(B, k.shape[1], M, D)
+    keys_buf.scatter_(2, slots, k.to(keys_buf.dtype))
+    values_buf.scatter_(2, slots, v.to(values_buf.dtype))
+    keys, values = keys_buf[:, :, :kv_len], values_buf[:, :, :kv_len]
+    if fl.n_heads != fl.n_kv and not _SDPA_GQA:
+        rep = fl.n_heads // fl.n_kv
+        keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
+    gqa = {"enable_gqa": True} if fl.n_heads != fl.n_kv and _SDPA_GQA else {}
+    # attention in the cache's dtype (float32 for half-precision models on a CPU, CachedLM.kv_dtype)
+    o = torch.nn.functional.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=mask, scale=fl.scaling, **gqa)
+    x = x + _linear(attn.o_proj, o.to(x.dtype).transpose(1, 2).reshape(B, M, fl.n_heads * D))
+    gate, up = fl.gate_up(layer.post_attention_layernorm(x))
+    return x + _linear(mlp.down_proj, mlp.act_fn(gate) * up)

@@ -37,7 +37,7 @@ class Level(Protocol):
 
     ``probs(seq, lens, n_out, warp)``: ``seq`` [B, S] int64 (row ``b``'s context is
     ``seq[b, :lens[b]]``, entries past it are garbage), ``lens`` [B] int64 ``>= n_out``; returns
-    [B, n_out, V] float64, the warped next-token laws after the prefixes of lengths
+    [B, n_out, V] float32 or float64 (cast to the decoder's ``probs_dtype``), the warped next-token laws after the prefixes of lengths
     ``lens[b] - n_out + 1 .. lens[b]``.  A row's answer must depend on its own context only."""
 
     vocab_size: int
@@ -54,7 +54,7 @@ class EarlyExit:
 
 
 class ModelLevel:
-    """A view (``depth`` layers) of a backend; ``probs`` returns warped float64 distributions."""
+    """A view (``depth`` layers) of a backend; ``probs`` returns warped distributions (the warp's dtype)."""
 
     kind = "model"
 
@@ -72,7 +72,7 @@ class ModelLevel:
         return f"<level {self.name}>"
 
     def probs(self, seq: torch.Tensor, lens: torch.Tensor, n_out: int, warp: Warp) -> torch.Tensor:
-        """[B, S], [B] -> [B, n_out, V] float64: the warped next-token laws at the last n_out positions
+        """[B, S], [B] -> [B, n_out, V] of the warp's dtype: the warped next-token laws at the last n_out positions
         (over ``self.vocab_ids`` only, in that order, when the decoder restricted the vocabulary)."""
         return warp.probs(self.backend.logits(self.depth, seq, lens, n_out, vocab_ids=self.vocab_ids))
 

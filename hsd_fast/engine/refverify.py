@@ -1,6 +1,6 @@
 """Exact row-by-row verification through ``hsd_ref`` (the oracle), with ``hsd_fast.verify``'s signature.
 
-Each float64 probability is converted to a ``Fraction`` exactly (every float is a dyadic rational)
+Each float32 or float64 probability is converted to a ``Fraction`` exactly (every float is a dyadic rational)
 and each row is renormalised exactly, so the only difference from the float kernel is the
 renormalisation of rows whose float sum is not exactly 1.  Uniforms are converted exactly as well.
 Slow (pure Python, O(B * K * V) Fractions): a cross-check for tests on small vocabularies (pass it as
@@ -17,7 +17,7 @@ __all__ = ["exact_verify", "exact_row"]
 
 
 def exact_row(row, name: str = "target_probs") -> tuple[Fraction, ...]:
-    """A float64 probability row as an exact distribution (exact conversion, exact renormalisation)."""
+    """A float probability row as an exact distribution (exact conversion, exact renormalisation)."""
     vals = [Fraction(float(x)) for x in row]
     total = sum(vals, Fraction(0))
     if total <= 0:

@@ -14,7 +14,7 @@
 * a :class:`hsd_fast.engine.tables.TableModel` (exact ``hsd_ref.TableLM`` conditionals per depth:
   the level kind of the engine's exact and statistical checks), alone or inside :class:`EarlyExit`;
 * any object that meets :class:`Level` (a custom level): ``vocab_size`` and
-  ``probs(seq, lens, n_out, warp) -> [B, n_out, V]`` float64 rows.  The engine calls exactly that
+  ``probs(seq, lens, n_out, warp) -> [B, n_out, V]`` float32 or float64 rows.  The engine calls exactly that
   signature, checks the shape and dtype of every answer, and checks that every row of an active
   batch row is finite, non-negative and sums to 1 (docs/engine.md).  A custom level always sees the
   full vocabulary (``allowed_ids`` is applied by ``warp``, which it should call on its logits).
@@ -79,8 +79,10 @@ def resolve_levels(
     dtype: torch.dtype | None = None,
     loader=None,
     cache: str = "auto",
+    compile: bool = False,
 ):
-    """Turn level specs (bottom-up, target last) into level objects.
+    """Turn level specs (bottom-up, target last) into level objects (``compile``: the cached
+    backends run their layers through ``torch.compile``, :class:`CachedLM`).
 
     Returns ``(levels, tokenizer)``; the tokenizer is the first one found (loaded names and
     ``(model, tokenizer)`` pairs carry one), preferring the target's.
@@ -135,7 +137,7 @@ def resolve_levels(
             if cache == "recompute" or (cache == "auto" and supports_cached(model) is not None):
                 backends[key] = RecomputeLM(model, _model_name(model))
             else:
-                backends[key] = CachedLM(model, _model_name(model))
+                backends[key] = CachedLM(model, _model_name(model), compile=compile)
         return backends[key]
 
     levels: list = []
