@@ -241,7 +241,7 @@ class Tally:
         if self.drafter[level - 1]:  # a drafter's point masses: sum_v min(p, q) = p(proposal)
             overlap = target_probs[:, :T].gather(-1, draft_tokens[..., None])[..., 0]  # [B, T]
         else:
-            overlap = torch.minimum(target_probs[:, :T], draft_probs).sum(-1, dtype=torch.float64)  # [B, T]
+            overlap = torch.minimum(target_probs[:, :T], draft_probs).sum(-1)  # [B, T]; a metric: the row dtype's sum
         rounds = a.sum()
         self.counts[level] += torch.stack([rounds, rounds * T, (num_accepted * a).sum(), ((num_accepted < T).to(torch.int64) * a).sum(), tested.sum()])
         self.minpq[level] += (overlap * tested).sum()
