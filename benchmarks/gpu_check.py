@@ -1,6 +1,7 @@
 """The GPU check (issue 13): what this project wants measured on a CUDA machine, in one run (docs/gpu.md).
 
     python benchmarks/gpu_check.py [--quick] [--out out/gpu_check.json]
+    python benchmarks/gpu_check.py --compile --skip-pytest --out out/gpu_check_compiled.json
 
 No network, no cached weights; under 8 minutes (``--quick``: about 2), each phase within its budget
 (:data:`MODES`): (a) ``pytest -q tests/gpu`` in a subprocess; (b) ``hsd_fast.verify`` micro-benchmarks,
@@ -217,13 +218,14 @@ def build_model(name: str, tiny: bool, device, dtype):
     return model.to(device).eval()  # a no-op unless some buffer was made elsewhere
 
 
-def measure_costs(model, B: int, cfg: dict, device, until: float) -> dict:
-    """Seconds per ``CachedLM.logits`` call by positions scored, after a prefill of ``prompt`` tokens."""
+def measure_costs(model, B: int, cfg: dict, device, until: float, compile: bool = False) -> dict:
+    """Seconds per ``CachedLM.logits`` call by positions scored, after a prefill of ``prompt`` tokens
+    (``compile``: the layers through ``torch.compile``; the untimed first prefill compiles)."""
     import torch
 
     from hsd_fast.engine.backend import CachedLM
 
-    be = CachedLM(model)
+    be = CachedLM(model, compile=compile)
     depth, P, reps, warm = be.n_layers, cfg["prompt"], cfg["engine_reps"], cfg["warmup"]
     width = P + max(cfg["positions"]) * (reps + warm)
     gen = torch.Generator(device=device).manual_seed(B)
@@ -257,11 +259,11 @@ def measure_costs(model, B: int, cfg: dict, device, until: float) -> dict:
     return out
 
 
-def phase_engine(cfg: dict, clock: Clock, device, dtype, tiny: bool, until: float) -> dict:
+def phase_engine(cfg: dict, clock: Clock, device, dtype, tiny: bool, until: float, compile: bool = False) -> dict:
     import torch
 
     res = {"dtype": str(dtype).replace("torch.", ""), "prompt": cfg["prompt"], "models": {}, "results": [],
-           "skipped": []}
+           "skipped": [], "compile": compile}
     for i, name in enumerate(MODELS):
         if time.monotonic() > until:
             res["skipped"].append(name)
@@ -284,7 +286,7 @@ def phase_engine(cfg: dict, clock: Clock, device, dtype, tiny: bool, until: floa
             if share <= 0:
                 res["skipped"].append(f"{name} B={B}")
                 continue
-            r = measure_costs(model, B, cfg, device, time.monotonic() + share)
+            r = measure_costs(model, B, cfg, device, time.monotonic() + share, compile)
             for m, t_m in r["by_positions"].items():
                 res["results"].append({"model": name, "B": B, "positions": m, "total_positions": B * m, **t_m})
             res["skipped"] += [f"{name} B={B} positions={m}" for m in r["skipped"]]
@@ -361,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16", help="dtype of the engine-cost models (default bfloat16)")
     ap.add_argument("--alpha", type=float, default=ALPHA, help=f"acceptance rate for the latency model (default {ALPHA})")
     ap.add_argument("--skip-pytest", action="store_true", help="skip phase (a)")
+    ap.add_argument("--compile", action="store_true", help="phase (c) with SpeculativeDecoder(compile=True)'s compiled layers "
+                                                             "(compare with a run without it; the first calls compile)")
     ap.add_argument("--out", default="out/gpu_check.json", help="JSON output (default out/gpu_check.json)")
     args = ap.parse_args(argv)
     import torch
@@ -408,10 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_pytest:
         run("pytest", cfg["pytest_s"], lambda until: phase_pytest(clock, until - time.monotonic(), args.tiny))
     run("kernels", cfg["kernels_s"], lambda until: phase_kernels(cfg, clock, device, until))
-    engine = run("engine", cfg["engine_s"], lambda until: phase_engine(cfg, clock, device, dtype, args.tiny, until))
+    engine = run("engine", cfg["engine_s"], lambda until: phase_engine(cfg, clock, device, dtype, args.tiny, until, args.compile))
     if engine is not None:
         print("\nEngine cost per CachedLM.logits call (seconds; decode-like, after a "
-              f"{cfg['prompt']}-token prefill, {engine['dtype']}):\n" + cost_table(engine["results"]), flush=True)
+              f"{cfg['prompt']}-token prefill, {engine['dtype']}{', compiled layers' if args.compile else ''}):\n"
+              + cost_table(engine["results"]), flush=True)
         lat = run("latency", 30, lambda until: phase_latency(engine, cfg, args.alpha))
         if lat is not None:
             print(f"\nPredicted speed-up of {MODELS[0]} -> {MODELS[1]} over the target alone (alpha {args.alpha}; "

@@ -21,7 +21,7 @@ import torch
 
 from ..quant import Int8Linear
 
-__all__ = ["FusedLayer", "fusable", "layer_forward"]
+__all__ = ["FusedLayer", "fusable", "layer_forward", "pre_attention", "post_attention"]
 
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -103,7 +103,7 @@ class FusedLayer:
     def of(cls, layer) -> "FusedLayer":
         """The FusedLayer of ``layer``, shared by every backend over the same model (one int8 copy)."""
         fl = layer.__dict__.get("_hsd_fused")
-        if fl is None or fl.layer is not layer or not fl.intact():
+        if type(fl) is not cls or fl.layer is not layer or not fl.intact():  # another version's FusedLayer, or stale
             fl = cls(layer)
             layer.__dict__["_hsd_fused"] = fl  # a plain attribute: not a submodule, not in the state dict
         return fl
@@ -124,25 +124,40 @@ class FusedLayer:
         return (forward or layer_forward)(self, x, mask, cos_sin[0], cos_sin[1], keys, values, cache.index, cache.kv_len)
 
 
-def layer_forward(fl: FusedLayer, x, mask, cos, sin, keys_buf, values_buf, index, kv_len: int):
-    """One decoder layer: x [B, M, hidden], mask None or additive [B or 1, 1, M, kv_len], cos/sin
-    [B, M, D], the layer's cache buffers keys_buf/values_buf [B, H_kv, capacity, D] (the new keys and
-    values are written at slots ``index`` [B, M]; attention reads the first ``kv_len`` slots and runs
-    in the buffers' dtype, the mask's too).
-    A function of tensors and of the layer's modules only, so one ``torch.compile`` of it serves every
-    layer of every model of one architecture (:class:`~hsd_fast.engine.backend.CachedLM`'s ``compile``)."""
-    layer, attn, mlp = fl.layer, fl.layer.self_attn, fl.layer.mlp
+def pre_attention(fl: FusedLayer, x, cos, sin):
+    """The layer up to attention: x [B, M, hidden], cos/sin [B, M, D] -> q [B, heads, M, D], k, v
+    [B, H_kv, M, D] (normed, projected, rotated).  Pure: no buffer is written, so it compiles cleanly."""
     B, M, _ = x.shape
     D = fl.head_dim
-    h = layer.input_layernorm(x)
-    q, k, v = fl.qkv(h)
+    q, k, v = fl.qkv(fl.layer.input_layernorm(x))
     q, k, v = q.view(B, M, -1, D), k.view(B, M, -1, D), v.view(B, M, -1, D)
     if fl.q_norm is not None:
         q, k = fl.q_norm(q), fl.k_norm(k)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, M, D]
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+
+def post_attention(fl: FusedLayer, x, o):
+    """The layer after attention: x [B, M, hidden], o [B, heads, M, D] -> [B, M, hidden] (output
+    projection, residual, MLP).  Pure, like :func:`pre_attention`."""
+    B, M, _ = x.shape
+    layer, mlp = fl.layer, fl.layer.mlp
+    x = x + _linear(layer.self_attn.o_proj, o.to(x.dtype).transpose(1, 2).reshape(B, M, fl.n_heads * fl.head_dim))
+    gate, up = fl.gate_up(layer.post_attention_layernorm(x))
+    return x + _linear(mlp.down_proj, mlp.act_fn(gate) * up)
+
+
+def layer_forward(fl: FusedLayer, x, mask, cos, sin, keys_buf, values_buf, index, kv_len: int, parts=(pre_attention, post_attention)):
+    """One decoder layer: x [B, M, hidden], mask None or additive [B or 1, 1, M, kv_len], cos/sin
+    [B, M, D], the layer's cache buffers keys_buf/values_buf [B, H_kv, capacity, D] (the new keys and
+    values are written at slots ``index`` [B, M]; attention reads the first ``kv_len`` slots and runs
+    in the buffers' dtype, the mask's too).  ``parts``: :func:`pre_attention` and
+    :func:`post_attention`, or compiled copies (:class:`~hsd_fast.engine.backend.CachedLM`'s
+    ``compile``); the cache writes and the attention stay eager either way."""
+    pre, post = parts
+    q, k, v = pre(fl, x, cos, sin)
+    B, _, M, D = k.shape
     slots = index[:, None, :, None].expand(B, k.shape[1], M, D)
     keys_buf.scatter_(2, slots, k.to(keys_buf.dtype))
     values_buf.scatter_(2, slots, v.to(values_buf.dtype))
@@ -153,6 +168,4 @@ def layer_forward(fl: FusedLayer, x, mask, cos, sin, keys_buf, values_buf, index
     gqa = {"enable_gqa": True} if fl.n_heads != fl.n_kv and _SDPA_GQA else {}
     # attention in the cache's dtype (float32 for half-precision models on a CPU, CachedLM.kv_dtype)
     o = torch.nn.functional.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=mask, scale=fl.scaling, **gqa)
-    x = x + _linear(attn.o_proj, o.to(x.dtype).transpose(1, 2).reshape(B, M, fl.n_heads * D))
-    gate, up = fl.gate_up(layer.post_attention_layernorm(x))
-    return x + _linear(mlp.down_proj, mlp.act_fn(gate) * up)
+    return post(fl, x, o)

@@ -87,3 +87,16 @@ def test_the_stored_configurations_are_the_real_ones():
                 cfg["intermediate_size"]) == (hidden, layers, heads, kv, inter)
         assert cfg["rope_parameters"]["rope_theta"] == 1e6 and cfg["max_position_embeddings"] == 32768
         assert cfg["tie_word_embeddings"] is False and cfg["use_sliding_window"] is False
+
+
+@pytest.mark.slow
+def test_smoke_mode_with_compiled_layers(tmp_path):
+    """``--compile`` measures the cost curves with SpeculativeDecoder(compile=True)'s layers (the first
+    calls compile: minutes on a CPU, hence slow)."""
+    out = tmp_path / "check.json"
+    proc = _run("--device", "cpu", "--tiny", "--skip-pytest", "--compile", "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["errors"] == {} and report["engine"]["compile"] is True
+    assert report["engine"]["results"] and all(_positive(r["median_s"]) for r in report["engine"]["results"])
+    assert "compiled layers" in proc.stdout
