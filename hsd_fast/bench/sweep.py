@@ -12,8 +12,9 @@ other seeds, so that every batch is full.  Every row emits exactly ``max_new_tok
 ends a row, in the engine (``eos_token_id=None``) or in transformers (:func:`hf_generate_batch`).
 
 Order.  Per temperature and batch size, every configuration is warmed up once on ``B`` short rows
-(an auto configuration, ``thresholds="auto"``, twice: its first calls measure the acceptance and
-probe the costs its plan for that ``B`` needs),
+(an auto configuration, ``thresholds="auto"``, three times with 16 new tokens: its first calls
+measure the acceptance, probe the costs its plan for that ``B`` needs and run both that plan and the
+target alone once, so that every measured batch runs the plan it chose),
 then the batches are measured with the configurations interleaved, in an order rotated by the
 batch's index and the batch size's place, so that no configuration always runs first.  Each batch's
 result is appended to ``sweep.jsonl`` as soon as it exists (``resume=True`` runs only what is
@@ -256,9 +257,10 @@ def run_sweep(suites: list[SweepSuite], settings) -> list[dict]:
             for temp, B, b, rows, run in bar:
                 if (temp, B) not in warm:  # first calls at a new batch size allocate caches and kernels
                     warm.add((temp, B))
-                    for r in for_temperature(list(suite.runs), temp):  # an auto run twice: acceptance, then its cost probes
-                        for _ in range(2 if r.group == "auto" else 1):
-                            execute(r, [ids[i][-WARMUP_PROMPT:] for i in rows], temp, list(range(B)), WARMUP_TOKENS)
+                    for r in for_temperature(list(suite.runs), temp):  # an auto run 3 times (hsd_fast.engine.plan)
+                        for _ in range(3 if r.group == "auto" else 1):
+                            execute(r, [ids[i][-WARMUP_PROMPT:] for i in rows], temp, list(range(B)),
+                                    4 * WARMUP_TOKENS if r.group == "auto" else WARMUP_TOKENS)
                 bar.set_postfix_str(f"T={temp:g} B={B} batch {b} {run.name}")
                 seeds = [settings.seed + b * B + i for i in range(B)]
                 res = execute(run, [ids[i] for i in rows], temp, seeds, N)

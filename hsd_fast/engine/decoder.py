@@ -352,7 +352,7 @@ class SpeculativeDecoder:
         self._prefill(ids, backends)
         seq, lens = _Rows(ids, 1, self.device).ctx, torch.tensor([len(x) for x in ids], device=self.device)
         for k, (i, m) in enumerate(missing):
-            filler = k % self.vocab_size  # distinct tokens per probe: no probe reuses another's positions
+            filler = (3 * k) % max(self.vocab_size - 3, 1)  # distinct tokens per probe call: no call reuses another's positions
             self.planner.add_cost(i, B * m, probe(self.levels[i], seq, lens, m, self.warp, filler, self.device))
         return self.planner.plan(B), time.perf_counter() - t0
 
@@ -432,7 +432,7 @@ class SpeculativeDecoder:
         metrics.target_calls = metrics.levels[-1].calls
         metrics.target_rounds = metrics.levels[-1].rounds
         if self.auto:
-            self.planner.record(plan, metrics)
+            self.planner.record(plan, metrics, B)
         texts = [self.tokenizer.decode(t) for t in rows.tokens] if self.tokenizer is not None else None
         return GenerationResult(rows.tokens, rows.reasons, metrics, texts, plan)
 

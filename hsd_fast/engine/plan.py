@@ -12,13 +12,18 @@ measured itself (:class:`AutoPlanner`):
   (rows x positions per row; a drafter's by rows, per proposal step).  Before planning for a batch
   size, the points the optimiser needs and the decoder lacks are *probed*: one timed forward of each
   model level at ``B x m`` positions, ``m`` in :data:`PROBE_POSITIONS` (level 0, which only ever
-  drafts, at ``m = 1``), over the call's own prompts
-  after their prefill (the position-indexed cache recomputes what a probe overwrote).  Between
+  drafts, at ``m = 1``; the least of 3 calls each), over the call's own prompts after their prefill
+  (the position-indexed cache recomputes what a probe overwrote).  Between
   points a curve is piecewise linear (``hsd_ref.CostCurve.points``).
 * **acceptance**: ``alpha = accepted / (accepted + rejections)`` of every pair of levels that has
   run adjacent, summed over the decoder's past calls.  A pair never run adjacent is an edge the
   optimiser cannot use; until every adjacent pair of the given stack has a measurement, a call runs
   the whole stack with the default thresholds (:meth:`AutoPlanner.plan` returns it, ``explore``).
+* **realized speed**: the latency model leaves out what a speculative iteration costs beyond its
+  level calls (drafting bookkeeping, verification kernels, rows), and its i.i.d. acceptance misjudges
+  bursty drafters, so its plan is checked against the target alone on the decoder's own calls: at
+  each batch size, each of the two runs once (the model's plan first), and from then on the one with
+  the higher decode rate so far (tokens per second of decoding, over past calls at that size) runs.
 
 Early exits sharing a backend are probed with distinct tokens, so their measured costs do not
 credit the sharing (the plan is then conservative about hierarchies with exits).
@@ -69,11 +74,16 @@ class AutoPlanner:
         self.max_threshold = max_threshold
         self.costs: list[dict[int, list]] = [{} for _ in names]  # per level: total positions -> [calls, seconds]
         self.counts: dict[tuple[int, int], list[int]] = {}  # (lower, upper) level indices -> [accepted, rejections]
+        self.realized: dict[tuple, list] = {}  # (B, chain, thresholds) -> [new tokens, decode seconds] of past calls
 
     # -- what the decoder feeds back -------------------------------------------------------------
 
-    def record(self, plan: Plan, metrics) -> None:
-        """Add one call's timed costs and acceptance counts (``metrics`` of a call run on ``plan``)."""
+    def record(self, plan: Plan, metrics, B: int) -> None:
+        """Add one call's timed costs, acceptance counts and decode rate (``metrics`` of a call of ``B``
+        rows run on ``plan``)."""
+        rate = self.realized.setdefault((B, plan.chain, plan.thresholds), [0, 0.0])
+        rate[0] += metrics.new_tokens
+        rate[1] += metrics.decode_s
         for i, lm in zip(plan.chain, metrics.levels):
             for total, (calls, seconds) in lm.by_total.items():
                 rec = self.costs[i].setdefault(total, [0, 0.0])
@@ -114,20 +124,31 @@ class AutoPlanner:
             costs[name] = pts
         acceptance = {(self.names[a], self.names[b]): acc / (acc + rej) for (a, b), (acc, rej) in self.counts.items() if acc + rej}
         hp = optimal_hierarchy(self.names, costs, acceptance, max_threshold=self.max_threshold, exact=False, batch=B)
-        chain = tuple(self.names.index(x) for x in hp.chain)
-        return Plan(chain, tuple(hp.thresholds), float(hp.speedup))
+        model = Plan(tuple(self.names.index(x) for x in hp.chain), tuple(hp.thresholds), float(hp.speedup))
+        alone = Plan((n - 1,), (), 1.0)
+        candidates = [model] if model.chain == alone.chain else [model, alone]
+        seen = [self.realized.get((B, c.chain, c.thresholds)) for c in candidates]
+        for c, r in zip(candidates, seen):
+            if r is None or r[1] <= 0:  # not yet run at this batch size: run it once
+                return c
+        return max(zip(candidates, seen), key=lambda cr: cr[1][0] / cr[1][1])[0]
 
 
-def probe(level, seq: torch.Tensor, lens: torch.Tensor, m: int, warp, filler: int, device: torch.device) -> float:
-    """Seconds of one call of ``level`` scoring ``m`` new positions after each row ``seq[b, :lens[b]]``
-    (the new tokens all ``filler``: a probe's tokens are garbage the next real call recomputes)."""
-    B = seq.shape[0]
-    ext = torch.cat([seq, seq.new_full((B, m), filler)], 1)
-    ext.scatter_(1, lens[:, None] + torch.arange(m, device=lens.device), filler)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    level.probs(ext, lens + m, m, warp)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+def probe(level, seq: torch.Tensor, lens: torch.Tensor, m: int, warp, filler: int, device: torch.device, reps: int = 3) -> float:
+    """Seconds of a call of ``level`` scoring ``m`` new positions after each row ``seq[b, :lens[b]]``:
+    the least of ``reps`` calls (the first of a new shape may grow the cache).  The new tokens are
+    ``filler``, then ``filler + 1``, ...: distinct per call, so none reuses another's positions; they
+    are garbage the next real call recomputes."""
+    B, best = seq.shape[0], float("inf")
+    ext = torch.cat([seq, seq.new_zeros(B, m)], 1)
+    slots = lens[:, None] + torch.arange(m, device=lens.device)
+    for r in range(reps):
+        ext.scatter_(1, slots, filler + r)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        level.probs(ext, lens + m, m, warp)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return best

@@ -72,6 +72,26 @@ def test_memory_bound_curve_gets_speculation_compute_bound_gets_autoregressive()
     assert eight.chain == (1,) and eight.thresholds == () and eight.predicted_speedup == 1.0
 
 
+def test_realized_decode_rates_overrule_the_model():
+    """The model's plan and the target alone each run once per batch size; then the faster so far."""
+    from types import SimpleNamespace
+
+    def call(tokens, seconds):
+        return SimpleNamespace(levels=[], new_tokens=tokens, decode_s=seconds)
+
+    pl = _planner({1: 1.0, 2: 1.0, 3: 1.0, 5: 1.02, 9: 1.05}, 0.05)
+    spec = pl.plan(1)
+    assert spec.chain == (0, 1)  # the model's plan first
+    pl.record(spec, call(100, 10.0), 1)  # 10 tokens/s
+    alone = pl.plan(1)
+    assert alone.chain == (1,) and alone.thresholds == ()  # then the target alone, once
+    pl.record(alone, call(100, 5.0), 1)  # 20 tokens/s
+    assert pl.plan(1) == alone
+    pl.record(spec, call(400, 10.0), 1)  # speculation: 500 tokens in 20 s, 25 tokens/s
+    assert pl.plan(1) == spec
+    assert pl.plan(2).chain == (0, 1) and (2, (1,), ()) not in pl.realized  # another batch size starts over
+
+
 def test_unmeasured_acceptance_explores_with_the_default_stack():
     pl = AutoPlanner(["L0:d", "L1:t"], [False, False], (4,))
     assert pl.plan(1) == Plan((0, 1), (4,), explore=True)
