@@ -9,6 +9,7 @@ from .decoder import ENGINE_SCHEMES, GenerationResult, SpeculativeDecoder, defau
 from .levels import DrafterLevel, EarlyExit, Level, ModelLevel
 from .specs import resolve_levels
 from .metrics import LevelMetrics, Metrics
+from .plan import Plan
 
 __all__ = [
     "CachedLM",
@@ -26,4 +27,5 @@ __all__ = [
     "resolve_levels",
     "LevelMetrics",
     "Metrics",
+    "Plan",
 ]
