@@ -28,7 +28,9 @@ def test_compiled_layers_decode_the_same_tokens_and_logits():
     assert comp.tokens == eager.tokens
     seq, lens = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 0, 0]]), torch.tensor([5, 3])
     a, b = CachedLM(t).logits(2, seq, lens, 2), CachedLM(t, compile=True).logits(2, seq, lens, 2)
-    assert torch.allclose(a, b, rtol=0, atol=1e-10)
+    # HF's RMSNorm rounds through float32 even in a float64 model, and the compiled graph may skip that
+    # round trip: the two agree to float32 rounding (measured 4e-6 on logits of magnitude 23), not 1e-10
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_compile_needs_the_fused_layers_and_a_bool():
