@@ -64,7 +64,7 @@ class Warp:
         if logits_processor is not None and not callable(logits_processor):
             raise ValueError(f"logits_processor: expected a callable logits -> logits, got {logits_processor!r}")
         if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"probs_dtype: expected torch.float32 or torch.float64, got {dtype!r}")
+            raise ValueError(f"dtype: expected torch.float32 or torch.float64, got {dtype!r}")
         self.temperature = float(temperature)
         self.top_k = top_k
         self.top_p = None if top_p is None or top_p == 1 else float(top_p)

@@ -233,8 +233,8 @@ class SpeculativeDecoder:
         if not isinstance(timing, bool):
             raise ValueError(f"timing: expected True or False, got {timing!r}")
         self.timing = timing or self.auto
-        names = [f"L{i}:{level_name(lvl)}" for i, lvl in enumerate(self.levels)]
-        self.planner = AutoPlanner(names, [getattr(lvl, "kind", None) == "drafter" for lvl in self.levels], self.thresholds) if self.auto else None
+        self._names = [f"L{i}:{level_name(lvl)}" for i, lvl in enumerate(self.levels)]  # plans and metrics name levels so
+        self.planner = AutoPlanner(self._names, [getattr(lvl, "kind", None) == "drafter" for lvl in self.levels], self.thresholds) if self.auto else None
         self._running = False
 
     # ------------------------------------------------------------------ configuration helpers
@@ -343,7 +343,7 @@ class SpeculativeDecoder:
         if not self.auto:
             return Plan(tuple(range(self.n + 1)), self.thresholds), 0.0
         B, missing = len(ids), self.planner.missing(len(ids))
-        if not missing or self.planner.plan(B).explore:
+        if not missing or self.planner.exploring():
             return self.planner.plan(B), 0.0
         t0 = time.perf_counter()  # probe the missing cost points over the prompts, after their prefill
         backends = self._backends()
@@ -401,7 +401,7 @@ class SpeculativeDecoder:
         rows = _Rows(ids, (plan.thresholds[-1] if run.n else 0) + 1, dev)
         eos = torch.tensor(self.eos_ids, dtype=torch.int64, device=dev) if self.eos_ids else None
         metrics = self._metrics(run)
-        metrics.timed, metrics.plan, metrics.probe_s = self.timing, plan.describe(self.planner.names if self.auto else [f"L{i}:{level_name(lvl)}" for i, lvl in enumerate(self.levels)]), probe_s
+        metrics.timed, metrics.plan, metrics.probe_s = self.timing, plan.describe(self._names), probe_s
         self._prefill(ids, backends)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)

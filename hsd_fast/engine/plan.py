@@ -10,11 +10,11 @@ measured itself (:class:`AutoPlanner`):
 
 * **costs**: every level call of an auto decoder is timed and kept by the TOTAL positions it scored
   (rows x positions per row; a drafter's by rows, per proposal step).  Before planning for a batch
-  size, the points the optimiser needs and the decoder lacks are *probed*: one timed forward of each
-  model level at ``B x m`` positions, ``m`` in :data:`PROBE_POSITIONS` (level 0, which only ever
-  drafts, at ``m = 1``; the least of 3 calls each), over the call's own prompts after their prefill
-  (the position-indexed cache recomputes what a probe overwrote).  Between
-  points a curve is piecewise linear (``hsd_ref.CostCurve.points``).
+  size, the points the optimiser needs and the decoder lacks are *probed*: each model level at
+  ``B x m`` positions, ``m`` in :data:`PROBE_POSITIONS` (level 0, which only ever drafts, at
+  ``m = 1``), the least of 3 timed calls per point, over the call's own prompts after their prefill
+  (the position-indexed cache recomputes what a probe overwrote).  Between points a curve is
+  piecewise linear (``hsd_ref.CostCurve.points``).
 * **acceptance**: ``alpha = accepted / (accepted + rejections)`` of every pair of levels that has
   run adjacent, summed over the decoder's past calls.  A pair never run adjacent is an edge the
   optimiser cannot use; until every adjacent pair of the given stack has a measurement, a call runs
@@ -29,7 +29,7 @@ Early exits sharing a backend are probed with distinct tokens, so their measured
 credit the sharing (the plan is then conservative about hierarchies with exits).
 
 **Lossless.**  A call's plan is a function of the batch size and of earlier calls only (their
-measured times and acceptance counts), fixed before the call draws any random number; the call
+measured times, acceptance counts and decode rates), fixed before the call draws any random number; the call
 is then an ordinary decode with a fixed stack, exact by that stack's proof (docs/latency.md).
 """
 
@@ -81,23 +81,15 @@ class AutoPlanner:
     def record(self, plan: Plan, metrics, B: int) -> None:
         """Add one call's timed costs, acceptance counts and decode rate (``metrics`` of a call of ``B``
         rows run on ``plan``)."""
-        rate = self.realized.setdefault((B, plan.chain, plan.thresholds), [0, 0.0])
-        rate[0] += metrics.new_tokens
-        rate[1] += metrics.decode_s
+        _add(self.realized, (B, plan.chain, plan.thresholds), metrics.new_tokens, metrics.decode_s)
         for i, lm in zip(plan.chain, metrics.levels):
             for total, (calls, seconds) in lm.by_total.items():
-                rec = self.costs[i].setdefault(total, [0, 0.0])
-                rec[0] += calls
-                rec[1] += seconds
+                _add(self.costs[i], total, calls, seconds)
         for lower, upper, lm in zip(plan.chain, plan.chain[1:], metrics.levels[1:]):
-            rec = self.counts.setdefault((lower, upper), [0, 0])
-            rec[0] += lm.accepted
-            rec[1] += lm.rejections
+            _add(self.counts, (lower, upper), lm.accepted, lm.rejections)
 
     def add_cost(self, level: int, total: int, seconds: float) -> None:
-        rec = self.costs[level].setdefault(total, [0, 0.0])
-        rec[0] += 1
-        rec[1] += seconds
+        _add(self.costs[level], total, 1, seconds)
 
     # -- planning ---------------------------------------------------------------------------------
 
@@ -107,11 +99,17 @@ class AutoPlanner:
         want = lambda i: PROBE_POSITIONS[:1] if i == 0 else PROBE_POSITIONS  # noqa: E731  (level 0 only drafts)
         return [(i, m) for i in range(len(self.names)) if not self.drafter[i] for m in want(i) if B * m not in self.costs[i]]
 
+    def exploring(self) -> bool:
+        """Whether some adjacent pair of the given stack has no acceptance measurement yet (then every
+        call runs :attr:`default`)."""
+        n = len(self.names)
+        return n > 1 and any(sum(self.counts.get((i, i + 1), (0, 0))) == 0 for i in range(n - 1))
+
     def plan(self, B: int) -> Plan:
         from hsd_ref.optimize import optimal_hierarchy
 
         n = len(self.names)
-        if n == 1 or any((i, i + 1) not in self.counts or sum(self.counts[(i, i + 1)]) == 0 for i in range(n - 1)):
+        if n == 1 or self.exploring():
             return self.default
         costs = {}
         for i, name in enumerate(self.names):
@@ -132,6 +130,13 @@ class AutoPlanner:
             if r is None or r[1] <= 0:  # not yet run at this batch size: run it once
                 return c
         return max(zip(candidates, seen), key=lambda cr: cr[1][0] / cr[1][1])[0]
+
+
+def _add(book: dict, key, a, b) -> None:
+    """``book[key] += [a, b]`` (a pair of running totals)."""
+    rec = book.setdefault(key, [0, 0])
+    rec[0] += a
+    rec[1] += b
 
 
 def probe(level, seq: torch.Tensor, lens: torch.Tensor, m: int, warp, filler: int, device: torch.device, reps: int = 3) -> float:

@@ -96,6 +96,18 @@ def _test_row(label: str, kind: str, sample_codes: np.ndarray, codes, probs, sec
             "law": {str(int(c)): float(p) for c, p in zip(codes, probs)}, "observed": {str(int(c)): int(k) for c, k in zip(uniq, counts)}}
 
 
+def _lossless_row(label: str, kind: str, sample_codes: np.ndarray, codes, probs, planted: tuple, row_seed: int, seconds: float, **fields) -> dict:
+    """A lossless row: the G test of the samples, its power against the planted transfer ``planted``
+    (``(alt, src, dst)``), that transfer applied to the samples and tested, and the verdict."""
+    alt, src, dst = planted
+    row = _test_row(label, kind, sample_codes, codes, probs, seconds)
+    pw = power(codes, probs, alt, len(sample_codes), ALPHA_PER_TEST, mc_reps=200, seed=row_seed)
+    moved = g_test(_plant(sample_codes, src, dst, alt[src] + PLANTED_TV, PLANTED_TV, row_seed), codes, probs, ALPHA_PER_TEST)
+    row.update(**fields, seed=row_seed, power=pw.power, mc_power=pw.mc_power, planted_rejected=moved.rejected, planted_statistic=moved.statistic)
+    row["verdict"] = "FAIL" if row["rejected"] else ("PASS" if pw.power >= TARGET_POWER else "LOW POWER")
+    return row
+
+
 def _engine_cell(scheme: str, kind: str, seed: int, scale: float, bar) -> dict:
     setup = C.build(scheme, kind)
     codes, probs = C.law_codes(setup, C.exact_law(setup))
@@ -105,12 +117,8 @@ def _engine_cell(scheme: str, kind: str, seed: int, scale: float, bar) -> dict:
     row_seed = derive_seed(seed, f"{scheme}/{kind}")
     start = time.perf_counter()
     sample_codes = C.sample_cell(setup, n, row_seed)
-    row = _test_row(f"{scheme} / {kind}", "engine", sample_codes, codes, probs, time.perf_counter() - start)
-    pw = power(codes, probs, alt, n, ALPHA_PER_TEST, mc_reps=200, seed=row_seed)
-    planted = g_test(_plant(sample_codes, src, dst, alt[src] + PLANTED_TV, PLANTED_TV, row_seed), codes, probs, ALPHA_PER_TEST)
-    row.update(scheme=scheme, level_kind=kind, seed=row_seed, power=pw.power, mc_power=pw.mc_power, planted_rejected=planted.rejected,
-               planted_statistic=planted.statistic, levels=setup.decoder().describe())
-    row["verdict"] = "FAIL" if row["rejected"] else ("PASS" if pw.power >= TARGET_POWER else "LOW POWER")
+    row = _lossless_row(f"{scheme} / {kind}", "engine", sample_codes, codes, probs, (alt, src, dst), row_seed, time.perf_counter() - start,
+                        scheme=scheme, level_kind=kind, levels=setup.decoder().describe())
     bar(n)
     return row
 
@@ -154,12 +162,9 @@ def _multidraft_row(name: str, seed: int, scale: float, bar) -> dict:
     gen = torch.Generator().manual_seed(row_seed)
     samples = multidraft_sample(tables, name, k, MULTI["n_drafts"], n_tok, n, generator=gen, prefix=MULTI["prompt"], replacement=getattr(scheme, "replacement", True))
     sample_codes = encode(samples, V)
-    row = _test_row(f"{name} / multi-draft sampler", "multidraft", sample_codes, codes, probs, time.perf_counter() - start)
-    pw = power(codes, probs, alt, n, ALPHA_PER_TEST, mc_reps=200, seed=row_seed)
-    planted = g_test(_plant(sample_codes, src, dst, alt[src] + PLANTED_TV, PLANTED_TV, row_seed), codes, probs, ALPHA_PER_TEST)
-    row.update(scheme=name, level_kind="multi-draft sampler", seed=row_seed, power=pw.power, mc_power=pw.mc_power, planted_rejected=planted.rejected,
-               planted_statistic=planted.statistic, levels=f"toy_pair({V}, {MULTI['toy_seed']}), K={k}, N={MULTI['n_drafts']} drafts")
-    row["verdict"] = "FAIL" if row["rejected"] else ("PASS" if pw.power >= TARGET_POWER else "LOW POWER")
+    row = _lossless_row(f"{name} / multi-draft sampler", "multidraft", sample_codes, codes, probs, (alt, src, dst), row_seed,
+                        time.perf_counter() - start, scheme=name, level_kind="multi-draft sampler",
+                        levels=f"toy_pair({V}, {MULTI['toy_seed']}), K={k}, N={MULTI['n_drafts']} drafts")
     bar(n)
     return row
 
@@ -173,14 +178,8 @@ def _vocab_row(scheme: str, seed: int, scale: float, bar) -> dict:
     start = time.perf_counter()
     tenth = max(1, n // 10)
     sample_codes = cell.sample(n, row_seed, chunk=16, progress=lambda done: bar(done) if done % tenth < 16 or done == n else None)
-    label = f"{scheme} / vocab {VC.VOCAB_SIZE} ({cell.probs_dtype})"
-    row = _test_row(label, "vocab", sample_codes, codes, probs, time.perf_counter() - start)
-    pw = power(codes, probs, alt, n, ALPHA_PER_TEST, mc_reps=200, seed=row_seed)
-    planted = g_test(_plant(sample_codes, src, dst, alt[src] + PLANTED_TV, PLANTED_TV, row_seed), codes, probs, ALPHA_PER_TEST)
-    row.update(scheme=scheme, level_kind=f"vocab{VC.VOCAB_SIZE}", seed=row_seed, power=pw.power, mc_power=pw.mc_power, planted_rejected=planted.rejected,
-               planted_statistic=planted.statistic, levels=cell.decoder().describe())
-    row["verdict"] = "FAIL" if row["rejected"] else ("PASS" if pw.power >= TARGET_POWER else "LOW POWER")
-    return row
+    return _lossless_row(f"{scheme} / vocab {VC.VOCAB_SIZE} ({cell.probs_dtype})", "vocab", sample_codes, codes, probs, (alt, src, dst),
+                         row_seed, time.perf_counter() - start, scheme=scheme, level_kind=f"vocab{VC.VOCAB_SIZE}", levels=cell.decoder().describe())
 
 
 def run_fidelity(
