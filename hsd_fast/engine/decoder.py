@@ -93,6 +93,7 @@ class _Rows:
         self.gen_len = torch.zeros(B, dtype=torch.int64, device=device)
         self.active = torch.ones(B, dtype=torch.bool, device=device)
         self.hit_eos = torch.zeros(B, dtype=torch.bool, device=device)
+        self.stopped = torch.zeros(B, dtype=torch.bool, device=device)  # cut by the caller's stop rule
         self.harvested = torch.zeros(B, dtype=torch.bool, device=device)  # finished, outputs on the host
         self.index = torch.arange(B, device=device)  # each row's index in the caller's batch
         self.n_live = B  # rows not harvested (host count)
@@ -127,22 +128,61 @@ class _Rows:
         self.active &= ~self.hit_eos & (self.gen_len < max_new)
         return count
 
+    def new_tokens(self, out: torch.Tensor, count: torch.Tensor) -> list[tuple[int, list[int]]]:
+        """Each live row's tokens kept this iteration, on the host: ``(caller's row index, tokens)``."""
+        return [(r, row[:c]) for r, row, c in zip(self.index.tolist(), out.tolist(), count.tolist())]
+
+    def cut(self, cuts: dict[int, int]) -> None:
+        """Drop the last ``cuts[i]`` tokens of batch row ``i`` (all from this iteration) and finish it:
+        a stop rule fired inside this iteration's tokens.  An EOS can only be the last kept token, so a
+        cut removes it."""
+        rows = torch.tensor(list(cuts), dtype=torch.int64, device=self.lens.device)
+        drop = torch.tensor(list(cuts.values()), dtype=torch.int64, device=self.lens.device)
+        self.gen_len[rows] -= drop
+        self.lens[rows] -= drop
+        self.hit_eos[rows] &= drop == 0
+        self.stopped[rows] = True
+        self.active[rows] = False
+
     def harvest(self) -> None:
         """Move the newly finished rows' outputs to the host (they stay in the batch, inactive)."""
         newly = ~self.active & ~self.harvested
         done = torch.nonzero(newly)[:, 0]
-        for r, row, n, eos_hit in zip(*(x[done].tolist() for x in (self.index, self.gen, self.gen_len, self.hit_eos))):
+        for r, row, n, eos_hit, stop_hit in zip(*(x[done].tolist() for x in (self.index, self.gen, self.gen_len, self.hit_eos, self.stopped))):
             self.tokens[r] = row[:n]
-            self.reasons[r] = "eos" if eos_hit else "length"
+            self.reasons[r] = "eos" if eos_hit else "stop" if stop_hit else "length"
         self.harvested |= newly
         self.n_live -= int(done.numel())
 
     def compact(self) -> torch.Tensor:
         """Drop the harvested rows.  -> the rows kept [B'] (indices into the current batch)"""
         live = torch.nonzero(~self.harvested)[:, 0]
-        for name in ("ctx", "lens", "gen", "gen_len", "active", "hit_eos", "harvested", "index"):
+        for name in ("ctx", "lens", "gen", "gen_len", "active", "hit_eos", "stopped", "harvested", "index"):
             setattr(self, name, getattr(self, name)[live])
         return live
+
+
+def _apply_stop(stop, rows: _Rows, new: list[tuple[int, list[int]]], history: list[list[int]]) -> bool:
+    """Run the caller's stop rule over each row's new tokens (``new`` from :meth:`_Rows.new_tokens`,
+    cut in place to what is kept), cut the rows it stops, and say whether any was cut."""
+    cuts: dict[int, int] = {}
+    for i, (r, toks) in enumerate(new):
+        if not toks:
+            continue
+        hist = history[r]
+        hist.extend(toks)
+        m = stop(r, list(hist), len(toks))
+        if m is None:
+            continue
+        if isinstance(m, bool) or not isinstance(m, int) or not len(hist) - len(toks) < m <= len(hist):
+            raise ValueError(f"stop: returned {m!r} for row {r}; expected None or a cut length in ({len(hist) - len(toks)}, {len(hist)}]")
+        drop = len(hist) - m
+        del hist[m:]
+        new[i] = (r, toks[: len(toks) - drop])
+        cuts[i] = drop
+    if cuts:
+        rows.cut(cuts)
+    return bool(cuts)
 
 
 def _compact_due(n_live: int, n_rows: int, device: torch.device) -> bool:
@@ -163,7 +203,11 @@ class SpeculativeDecoder:
     below it (default ``k = 4``), or ``"auto"``: each call runs the levels and thresholds that the
     latency model finds fastest for its batch size, from this decoder's own measurements
     (:mod:`hsd_fast.engine.plan`; implies ``timing``).  ``temperature`` 0 (or ``scheme="greedy"``) = greedy decoding.
-    ``allowed_ids`` / ``logits_processor``: applied identically at every level (:class:`Warp`).
+    ``allowed_ids`` / ``logits_processor`` / ``context_processor``: applied identically at every level
+    (:class:`Warp`; ``context_processor(input_ids, scores) -> scores`` has transformers'
+    ``LogitsProcessor`` signature and is called with each position's own context, model ids).
+    ``vocab_size``: the shared vocabulary of levels whose vocabularies differ only by padding rows
+    (ids ``>= vocab_size`` get probability 0 at every level; :func:`resolve_levels`).
     ``verify_fn``: the verification kernel (default ``hsd_fast.verify``), signature
     ``verify(scheme, target_probs, draft_probs, draft_tokens, *, draws=...)``.
     ``timing``: measure each level call and verification (``Metrics`` seconds; on CUDA with a device
@@ -187,6 +231,8 @@ class SpeculativeDecoder:
         *,
         allowed_ids: Sequence[int] | None = None,
         logits_processor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        context_processor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        vocab_size: int | None = None,
         tokenizer=None,
         eos_token_id: int | Sequence[int] | None | str = "auto",
         cache: str = "auto",
@@ -199,7 +245,7 @@ class SpeculativeDecoder:
         dtype, device, probs_dtype = parse_dtype(dtype), parse_device(device), parse_probs_dtype(probs_dtype)
         if not isinstance(compile, bool):
             raise ValueError(f"compile: expected True or False, got {compile!r}")
-        self.levels, found_tok = resolve_levels(levels, device=device, dtype=dtype, loader=loader, cache=cache, compile=compile)
+        self.levels, found_tok = resolve_levels(levels, device=device, dtype=dtype, loader=loader, cache=cache, compile=compile, vocab_size=vocab_size)
         self.tokenizer = tokenizer if tokenizer is not None else found_tok
         n = len(self.levels) - 1
         self.n = n
@@ -211,12 +257,12 @@ class SpeculativeDecoder:
                 raise ValueError(f"levels[{i}]: {level_name(lvl)} is on {dev}, the target on {self.device}; pass device= to place every level together")
 
         self.schemes, temperature = parse_schemes(scheme, n, temperature)
-        self.warp = Warp(temperature, top_k, top_p, allowed_ids=allowed_ids, logits_processor=logits_processor, dtype=probs_dtype)
+        self.warp = Warp(temperature, top_k, top_p, allowed_ids=allowed_ids, logits_processor=logits_processor, dtype=probs_dtype, context_processor=context_processor)
         self.warp.check_vocab(self.vocab_size)
-        # Restricted vocabulary (hsd_fast.engine.vocab): with allowed_ids, no logits processor (it
-        # needs the full logits) and no custom level, the engine works on |A| + 1 columns.
+        # Restricted vocabulary (hsd_fast.engine.vocab): with allowed_ids, no processor (they need
+        # the full logits) and no custom level, the engine works on |A| + 1 columns.
         compressible = all(getattr(lvl, "kind", None) in ("model", "drafter") for lvl in self.levels)
-        restrict = allowed_ids is not None and logits_processor is None and compressible
+        restrict = allowed_ids is not None and logits_processor is None and context_processor is None and compressible
         self.vocab = VocabMap(self.vocab_size, self.warp.allowed_ids if restrict else None, self.device)
         if self.vocab.restricted:
             for lvl in self.levels:
@@ -366,11 +412,18 @@ class SpeculativeDecoder:
         seeds: Sequence[int] | None = None,
         seed: int = 0,
         on_tokens: Callable[[list[list[int]]], None] | None = None,
+        stop: Callable[[int, list[int], int], int | None] | None = None,
     ) -> GenerationResult:
         """Generate for a batch of prompts (strings or token-id lists of any lengths).
 
         ``seeds[b]`` seeds row ``b`` (default ``seed + b``); ``on_tokens(new)`` is called after every
-        target iteration with each row's newly emitted tokens (streaming).  Memory and per-step cost
+        target iteration with each row's newly emitted tokens (streaming).
+        ``stop(b, tokens, n_new)``: a stop rule, called after every iteration that gave row ``b`` new
+        tokens, with all its tokens so far (the last ``n_new`` are new); it returns ``None`` to go on or
+        the length ``m`` (``len(tokens) - n_new < m <= len(tokens)``) to cut the row's output at, which
+        finishes the row (finish reason ``"stop"``; ``on_tokens`` sees only the kept tokens).  A rule
+        that decides from ``tokens[:m]`` alone (a stopping time of the output stream, like EOS or a
+        stop string) keeps the output law exact: the target's law, stopped.  Memory and per-step cost
         grow with the tokens actually generated, not with ``max_new_tokens`` (docs/engine.md).
         Every per-call state lives in the call; one decoder runs one call at a time (its levels'
         caches are in use), and a second call while one runs (from ``on_tokens``, another thread)
@@ -379,6 +432,8 @@ class SpeculativeDecoder:
         max_new_tokens = as_int(max_new_tokens, "max_new_tokens", 1)
         if on_tokens is not None and not callable(on_tokens):
             raise ValueError(f"on_tokens: expected a callable taking each row's new tokens, got {on_tokens!r}")
+        if stop is not None and not callable(stop):
+            raise ValueError(f"stop: expected a callable (row, tokens, n_new) -> cut length or None, got {stop!r}")
         ids = self.encode(prompts)
         seeds = parse_seeds(seeds, seed, len(ids), MAX_SEED)
         self._check_context_length(ids, max_new_tokens)
@@ -386,11 +441,11 @@ class SpeculativeDecoder:
             raise RuntimeError("generate: this decoder is already generating (its levels' caches are in use); build a second SpeculativeDecoder for concurrent calls")
         self._running = True
         try:
-            return self._generate(ids, max_new_tokens, seeds, on_tokens)
+            return self._generate(ids, max_new_tokens, seeds, on_tokens, stop)
         finally:
             self._running = False
 
-    def _generate(self, ids, max_new_tokens: int, seeds: list[int], on_tokens) -> GenerationResult:
+    def _generate(self, ids, max_new_tokens: int, seeds: list[int], on_tokens, stop) -> GenerationResult:
         dev, B = self.device, len(ids)
         t0 = time.perf_counter()
         plan, probe_s = self._plan(ids)
@@ -403,6 +458,7 @@ class SpeculativeDecoder:
         metrics = self._metrics(run)
         metrics.timed, metrics.plan, metrics.probe_s = self.timing, plan.describe(self._names), probe_s
         self._prefill(ids, backends)
+        history: list[list[int]] = [[] for _ in range(B)]  # each row's tokens on the host (stop rules only)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         metrics.prefill_s = time.perf_counter() - t0 - probe_s
@@ -412,11 +468,15 @@ class SpeculativeDecoder:
             count = rows.emit(out, num_accepted, max_new_tokens, eos)
             finished, bad = torch.stack([(~rows.active & ~rows.harvested).any(), run.bad.any()]).tolist()  # the iteration's one host read
             run.raise_if_bad(bad)
-            if on_tokens is not None:
-                new: list = [[] for _ in range(B)]
-                for r, row, c in zip(rows.index.tolist(), out.tolist(), count.tolist()):
-                    new[r] = row[:c]
-                on_tokens(new)
+            if on_tokens is not None or stop is not None:
+                new = rows.new_tokens(out, count)
+                if stop is not None and _apply_stop(stop, rows, new, history):
+                    finished = True
+                if on_tokens is not None:
+                    streamed: list = [[] for _ in range(B)]
+                    for r, toks in new:
+                        streamed[r] = toks
+                    on_tokens(streamed)
             if finished:
                 rows.harvest()
                 if _compact_due(rows.n_live, rows.index.numel(), dev):  # retire: no forward runs for them again

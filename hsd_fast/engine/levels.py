@@ -63,7 +63,7 @@ class ModelLevel:
         self.backend = backend
         self.depth = depth
         self.name = name
-        self.vocab_size = backend.vocab_size
+        self.vocab_size = backend.vocab_size  # the engine's vocabulary: ids >= it get probability 0 (``shrink``)
         self.device = backend.device
         self.vocab_ids: torch.Tensor | None = None  # a restricted vocabulary's model ids (set by the decoder)
         self.max_positions = getattr(backend, "max_positions", None)
@@ -71,10 +71,23 @@ class ModelLevel:
     def __repr__(self) -> str:
         return f"<level {self.name}>"
 
+    def shrink(self, vocab_size: int) -> None:
+        """Work on the first ``vocab_size`` ids only: the model's ids ``>= vocab_size`` (padding rows of
+        its embedding, which no tokenizer produces) get probability 0, i.e. the law is the model's
+        conditioned on ids ``< vocab_size``.  Applied to every level, it is the shared vocabulary of
+        models whose vocabularies differ only by padding (``SpeculativeDecoder(vocab_size=...)``)."""
+        if not 1 <= vocab_size <= self.backend.vocab_size:
+            raise ValueError(f"vocab_size: {vocab_size} is not in [1, {self.backend.vocab_size}] for {self.name}")
+        self.vocab_size = vocab_size
+
     def probs(self, seq: torch.Tensor, lens: torch.Tensor, n_out: int, warp: Warp) -> torch.Tensor:
         """[B, S], [B] -> [B, n_out, V] of the warp's dtype: the warped next-token laws at the last n_out positions
-        (over ``self.vocab_ids`` only, in that order, when the decoder restricted the vocabulary)."""
-        return warp.probs(self.backend.logits(self.depth, seq, lens, n_out, vocab_ids=self.vocab_ids))
+        (over ``self.vocab_ids`` only, in that order, when the decoder restricted the vocabulary; over
+        the first ``vocab_size`` ids after :meth:`shrink`)."""
+        logits = self.backend.logits(self.depth, seq, lens, n_out, vocab_ids=self.vocab_ids)
+        if self.vocab_ids is None and logits.shape[-1] > self.vocab_size:
+            logits = logits[..., : self.vocab_size]
+        return warp.probs(logits, seq, lens)
 
 
 class DrafterLevel:

@@ -80,9 +80,15 @@ def resolve_levels(
     loader=None,
     cache: str = "auto",
     compile: bool = False,
+    vocab_size: int | None = None,
 ):
     """Turn level specs (bottom-up, target last) into level objects (``compile``: the cached
     backends run their layers through ``torch.compile``, :class:`CachedLM`).
+
+    ``vocab_size``: the shared vocabulary when the levels' vocabularies differ only by padding rows
+    (Qwen2.5 0.5B's 151936 vs 7B's 152064): every model level works on ids ``< vocab_size``
+    (:meth:`ModelLevel.shrink`), every other level must have exactly that size.  ``None``: every
+    level must have the target's size.
 
     Returns ``(levels, tokenizer)``; the tokenizer is the first one found (loaded names and
     ``(model, tokenizer)`` pairs carry one), preferring the target's.
@@ -185,6 +191,18 @@ def resolve_levels(
             levels.append(spec)
             continue
         raise ValueError(f"levels[{i}]: cannot interpret {spec!r} as a level (drafter, model, EarlyExit, name or custom level)")
+    if vocab_size is not None:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+            raise ValueError(f"vocab_size: expected None or an int >= 1, got {vocab_size!r}")
+        for i, lvl in enumerate(levels):
+            if lvl is None:
+                continue
+            if isinstance(lvl, ModelLevel):
+                if lvl.vocab_size < vocab_size:
+                    raise ValueError(f"vocab_size: {vocab_size} exceeds the vocabulary {lvl.vocab_size} of levels[{i}] ({level_name(lvl)})")
+                lvl.shrink(vocab_size)
+            elif lvl.vocab_size != vocab_size:
+                raise ValueError(f"vocab_size: {vocab_size} differs from the vocabulary {lvl.vocab_size} of levels[{i}] ({level_name(lvl)}), a custom level whose rows cannot be cut")
     vocab = levels[-1].vocab_size
     if pending_drafter is not None:
         levels[0] = DrafterLevel(pending_drafter, vocab)
@@ -192,7 +210,8 @@ def resolve_levels(
         if lvl.vocab_size != vocab:
             raise ValueError(
                 f"levels[{i}]: vocabulary size {lvl.vocab_size} of {level_name(lvl)} differs from the target's {vocab}; "
-                "every level must share the target's vocabulary"
+                "every level must share the target's vocabulary (if they differ only by padding rows, ids no "
+                "tokenizer produces, pass vocab_size= the shared size, e.g. len(tokenizer))"
             )
     tokenizer = None
     if tokenizers:
