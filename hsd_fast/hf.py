@@ -295,7 +295,7 @@ def generate(
     dec = SpeculativeDecoder(
         [*drafts, model],
         scheme=scheme,
-        thresholds=thresholds if drafts else None,
+        thresholds=thresholds,
         temperature=1.0 if config.do_sample else 0.0,
         context_processor=procs if len(procs) else None,
         vocab_size=shared,

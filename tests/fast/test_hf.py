@@ -268,6 +268,7 @@ def test_chat_template(models):
         ({"inputs": None}, r"inputs: expected token ids"),
         ({"inputs": [[]]}, r"inputs: every prompt needs at least one token"),
         ({"stop_strings": ["x"]}, r"stop_strings: needs tokenizer="),
+        ({"assistant_model": None, "thresholds": 3}, r"thresholds: the target alone"),
         ({"inputs": torch.tensor([[3, 4]]), "attention_mask": torch.ones(1, 3)}, r"attention_mask: shape \(1, 3\) differs"),
     ],
 )
@@ -275,5 +276,6 @@ def test_errors_name_the_argument(models, kwargs, match):
     draft, target, tok, _ = models
     kwargs = dict(kwargs)
     inputs = kwargs.pop("inputs", [[3, 4, 5]])
+    kwargs.setdefault("assistant_model", draft)
     with pytest.raises(ValueError, match=match):
-        hf.generate(target, inputs, assistant_model=draft, **kwargs)
+        hf.generate(target, inputs, **kwargs)
