@@ -49,3 +49,30 @@ def test_qwen_pair_greedy_speculative_equals_target_greedy_on_humaneval(qwen_pai
             top2 = torch.topk(logits, 2).values
             assert float(top2[0] - top2[1]) < 1e-3, f"divergence at token {i} without a near-tie"
     assert result.metrics is not None
+
+
+def test_hf_generate_greedy_equals_model_generate_with_a_repetition_penalty(qwen_pair):
+    """``hsd_fast.hf.generate`` on the user's own Qwen objects, both prompts in one batch, with
+    transformers' repetition penalty applied at every level: each row equals ``model.generate`` of
+    its prompt alone (the same near-tie allowance)."""
+    import torch
+
+    from hsd_fast import hf
+
+    target, draft, tok, prompts = qwen_pair
+    rows = [tok(p)["input_ids"] for p in prompts]
+    out = hf.generate(target, rows, assistant_model=draft, max_new_tokens=NEW_TOKENS, do_sample=False, repetition_penalty=1.2, return_dict_in_generate=True)
+    assert out.metrics.target_calls < NEW_TOKENS
+    for ids, got in zip(rows, out.tokens):
+        with torch.no_grad():
+            ref = target.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False, repetition_penalty=1.2)[0, len(ids):].tolist()
+        if got != ref[: len(got)]:
+            i = next(j for j in range(len(got)) if got[j] != ref[j])
+            from transformers import RepetitionPenaltyLogitsProcessor
+
+            ctx = torch.tensor([ids + ref[:i]])
+            with torch.no_grad():
+                scores = RepetitionPenaltyLogitsProcessor(1.2)(ctx, target(ctx).logits[:, -1])[0]
+            top2 = torch.topk(scores, 2).values
+            assert float(top2[0] - top2[1]) < 1e-3, f"divergence at token {i} without a near-tie"
+        assert len(got) == NEW_TOKENS or got[-1] in (tok.eos_token_id,)
