@@ -1,10 +1,13 @@
 """Context processors, padded vocabularies and stop rules, through the engine users run, draw for draw
 against hsd_ref over exact models.
 
-* ``context_processor``: transformers' ``RepetitionPenaltyLogitsProcessor(2)`` and
-  ``NoBadWordsLogitsProcessor`` applied at every level of random TableModel stacks.  On the engine's
-  logits ``log p`` a penalty of 2 turns ``p(v)`` into ``p(v)^2`` for every ``v`` in the context
-  (``log p <= 0`` is multiplied by 2), and a bad word's last id gets probability 0 after its prefix;
+* ``context_processor``: transformers' ``RepetitionPenaltyLogitsProcessor(2)``,
+  ``NoBadWordsLogitsProcessor`` and ``NoRepeatNGramLogitsProcessor(3)`` applied at every level of
+  random TableModel stacks.  On the engine's logits ``log p`` a penalty of 2 turns ``p(v)`` into
+  ``p(v)^2`` for every ``v`` in the context (``log p <= 0`` is multiplied by 2), a bad word's last id
+  gets probability 0 after its prefix, and so does every id that would repeat a trigram of the
+  context (used over 4 ids and without bad words: banning all 4 ids takes a context of 13 tokens
+  or more, longer than any context scored here, prompt + tokens + draft);
   the exact models below are those rules written out in ``Fraction`` (not transformers' code), so
   hsd_ref's hierarchy sampler gives the law the engine must reproduce.
 * ``vocab_size``: a target with ids the draft lacks; the law is the target's conditioned on the
@@ -22,7 +25,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import LogitsProcessorList, NoBadWordsLogitsProcessor, RepetitionPenaltyLogitsProcessor
+from transformers import LogitsProcessorList, NoBadWordsLogitsProcessor, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
 from hsd_fast.drafters import NGramDrafter
 from hsd_fast.engine import EarlyExit, SpeculativeDecoder
@@ -36,8 +39,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 BAD_WORDS = [[1], [0, 2]]  # id 1 never; id 2 never right after id 0
 
 
-def processed(model: TableLM, penalty: bool, bad_words: bool) -> TableLM:
-    """``model`` with the repetition penalty 2 and the bad words applied exactly (module docstring)."""
+def processed(model: TableLM, penalty: bool, bad_words: bool, ngram: bool = False) -> TableLM:
+    """``model`` with the repetition penalty 2, the bad words and the no-repeat-trigram rule applied
+    exactly (module docstring)."""
 
     def fn(ctx):
         row = list(model.probs(ctx))
@@ -47,18 +51,24 @@ def processed(model: TableLM, penalty: bool, bad_words: bool) -> TableLM:
             row[1] = Fraction(0)
             if ctx and ctx[-1] == 0:
                 row[2] = Fraction(0)
+        if ngram and len(ctx) >= 2:
+            for i in range(len(ctx) - 2):
+                if tuple(ctx[i : i + 2]) == tuple(ctx[-2:]):
+                    row[ctx[i + 2]] = Fraction(0)
         total = sum(row)
         return tuple(p / total for p in row)
 
     return TableLM(model.vocab_size, fn, f"processed({model!r})")
 
 
-def hf_processors(penalty: bool, bad_words: bool) -> LogitsProcessorList:
+def hf_processors(penalty: bool, bad_words: bool, ngram: bool = False) -> LogitsProcessorList:
     procs = LogitsProcessorList()
     if penalty:
         procs.append(RepetitionPenaltyLogitsProcessor(2.0))
     if bad_words:
         procs.append(NoBadWordsLogitsProcessor(BAD_WORDS, eos_token_id=None))
+    if ngram:
+        procs.append(NoRepeatNGramLogitsProcessor(3))
     return procs
 
 
@@ -70,8 +80,11 @@ def stacks(draw):
     V = draw(st.integers(3, 4))
     n_models = draw(st.integers(1, 3))
     lms = [TableLM.random(V, draw(st.integers(0, 10**6)), max_denominator=8, zero_prob=0, peaked_prob=0) for _ in range(n_models)]
-    penalty, bad_words = draw(st.sampled_from([(True, False), (False, True), (True, True)]))
-    exact = [processed(m, penalty, bad_words) for m in lms]
+    combos = [(True, False, False), (False, True, False), (True, True, False)]
+    if V == 4:  # the trigram rule bans every id only after 13 tokens or more over 4 ids (docstring)
+        combos += [(False, False, True), (True, False, True)]
+    penalty, bad_words, ngram = draw(st.sampled_from(combos))
+    exact = [processed(m, penalty, bad_words, ngram) for m in lms]
     levels: list = [TableModel([m], f"m{i}") for i, m in enumerate(lms)]
     if n_models == 3 and draw(st.booleans()):
         full = TableModel([lms[-2], lms[-1]], "target+exit")
@@ -87,7 +100,7 @@ def stacks(draw):
     B = draw(st.integers(1, 3))
     prompts = [draw(st.lists(st.integers(0, V - 1), min_size=1, max_size=3)) for _ in range(B)]
     seeds = [draw(st.integers(0, 2**40)) for _ in range(B)]
-    return dict(levels=levels, exact=exact, schemes=schemes, th=th, procs=hf_processors(penalty, bad_words), prompts=prompts, seeds=seeds, max_new=draw(st.integers(1, 6)))
+    return dict(levels=levels, exact=exact, schemes=schemes, th=th, procs=hf_processors(penalty, bad_words, ngram), prompts=prompts, seeds=seeds, max_new=draw(st.integers(1, 6)))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
