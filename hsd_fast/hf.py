@@ -45,7 +45,7 @@ Draft lengths are fixed per call (``num_assistant_tokens``, ``prompt_lookup_num_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -227,8 +227,8 @@ def generate(
 ):
     """``model.generate(inputs, assistant_model=..., ...)``, decoded by our engine (module docstring).
 
-    ``inputs``: a LongTensor [B, L] (with ``attention_mask`` for padded rows), a list of id lists, or
-    text (``tokenizer=``; ``apply_chat_template=True`` wraps each text as one user message with the
+    ``inputs``: a LongTensor [B, L] (with ``attention_mask`` for padded rows; also as ``input_ids=``,
+    or a tokenizer's output with both), a list of id lists, or text (``tokenizer=``; ``apply_chat_template=True`` wraps each text as one user message with the
     generation prompt).  ``assistant_model``: a draft model, a list of drafts (bottom-up), or None.
     ``scheme``: the lossless verification scheme of every verifying level.  ``thresholds``: the draft
     lengths (:class:`SpeculativeDecoder`; default ``num_assistant_tokens`` or
@@ -238,6 +238,12 @@ def generate(
 
     Returns ``sequences`` [B * n, L + new] (a LongTensor on the model's device), or an
     :class:`HFGenerateOutput` with ``return_dict_in_generate=True``."""
+    if inputs is None and "input_ids" in kwargs:  # model.generate(input_ids=..., attention_mask=...) / **tokenizer(...)
+        inputs = kwargs.pop("input_ids")
+    if isinstance(inputs, Mapping) and "input_ids" in inputs:  # a tokenizer's BatchEncoding
+        if attention_mask is None:
+            attention_mask = inputs.get("attention_mask")
+        inputs = inputs["input_ids"]
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         raise ValueError("model: encoder-decoder models are not supported (decoder-only causal LMs)")
     raw_k = kwargs.get("num_assistant_tokens", getattr(generation_config, "num_assistant_tokens", None) if generation_config is not None else None)

@@ -105,6 +105,9 @@ def test_tensor_inputs_with_padding_equal_model_generate(models):
         want = hf_new_tokens(target, r, max_new_tokens=N_NEW, do_sample=False)
         got = seq[b, width:].tolist()
         assert got[: len(want)] == want and all(x == pad for x in got[len(want):])
+    enc = {"input_ids": ids, "attention_mask": mask}  # what a tokenizer returns with padding
+    assert torch.equal(hf.generate(target, **enc, assistant_model=draft, max_new_tokens=N_NEW, do_sample=False), seq)
+    assert torch.equal(hf.generate(target, enc, assistant_model=draft, max_new_tokens=N_NEW, do_sample=False), seq)
     single = hf.generate(target, torch.tensor([rows[0]]), assistant_model=draft, max_new_tokens=N_NEW, do_sample=False)
     assert torch.equal(single, target.generate(torch.tensor([rows[0]]), max_new_tokens=N_NEW, do_sample=False))
 
