@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .schemes.adaptive import ADAPTIVE_SCHEMES
 from .schemes.block import Block
 from .schemes.greedy import Greedy
 from .schemes.hierarchy import hierarchy, hierarchy_resample_middle
@@ -34,6 +35,7 @@ SCHEMES = {
         Lenience(),
         ResampleFromTarget(),
         hierarchy_resample_middle(),
+        *ADAPTIVE_SCHEMES,
     )
 }
 

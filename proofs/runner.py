@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 COQ_DIR = Path(__file__).resolve().parent / "coq"
-COQ_FILES = ("Common", "SpecLossless", "Block", "HsdCapped", "Compose", "Latency")  # dependency order
+COQ_FILES = ("Common", "SpecLossless", "Block", "HsdCapped", "Compose", "Adaptive", "Latency")  # dependency order
 
 # file -> its main theorems (each gets a table row and a Print Assumptions check)
 COQ_THEOREMS = {
@@ -51,6 +51,10 @@ COQ_THEOREMS = {
     "Block": ("block_iteration_lossless", "block_lossless", "block_lossless_prob"),
     "HsdCapped": ("hsd_eq_block", "hsd_iteration_lossless", "hsd_capped_lossless"),
     "Compose": ("level_exact", "hierarchy_lossless", "hierarchy_tokenwise_block_lossless"),
+    "Adaptive": (
+        "optional_stopping", "adaptive_iteration_lossless", "tw_prefix_consistent", "blk_prefix_consistent",
+        "hsd_eq_block_draft", "adaptive_tokenwise_lossless", "adaptive_block_lossless", "adaptive_hsd_capped_lossless",
+    ),
     "Latency": (
         "geom_closed", "geom_at_one", "scan_tokens_geom", "scan_tokens_prefix", "tokens_law_total", "tokens_law_mean",
         "walltime_factor_closed", "ops_factor_closed", "walltime_factor_k1", "speedup_iff",

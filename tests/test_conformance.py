@@ -21,10 +21,20 @@ NO_KERNEL = {
     "models (k - tau - 1 extra sequential calls); its verify takes the models, not probability rows",
     "hierarchy": "a cascade of models, each level verified by a single-draft kernel (tokenwise, block, ...); "
     "the hsd_fast engine composes them, there is no one-call kernel",
+    **{
+        name: "adaptive length: the fast twin is the ragged-K kernels driven by the engine's stopping rule "
+        "(issue 15, not built yet)"
+        for name in ("adaptive_tokenwise", "adaptive_block", "adaptive_hsd_capped")
+    },
 }
 # lossy controls the fidelity run does not sample, with the reason
 NO_FIDELITY_CONTROL = {
     "hierarchy_resample_middle": "a model stack, not a verification kernel; caught exactly by the audit and tests/ref/test_hierarchy.py",
+    **{
+        name: "its defect is in the drafting loop (the stopping rule), which the fast engine does not run yet "
+        "(issue 15); caught exactly by the audit and tests/ref/test_adaptive.py"
+        for name in ("adaptive_tokenwise_drop_trigger", "adaptive_block_drop_trigger", "adaptive_block_shared_coin")
+    },
 }
 # the capability flags (multi_draft, needs_draws, needs_draft_probs) of every kernel, written by hand
 # rather than read from either package, so a flag changed or derived wrongly on one side fails

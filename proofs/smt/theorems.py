@@ -36,6 +36,9 @@ __all__ = ["COQ_ONLY", "THEOREMS", "SUPPORTED_K"]
 # lossless schemes whose proof is in Coq only (no fixed-V z3 proof)
 COQ_ONLY = {
     "hierarchy": "proofs/coq/Compose.v: hierarchy_tokenwise_block_lossless (surplus='truncate', token-wise/block levels)",
+    "adaptive_tokenwise": "proofs/coq/Adaptive.v: adaptive_tokenwise_lossless (every k, any stopping rule of the context and drafted prefix)",
+    "adaptive_block": "proofs/coq/Adaptive.v: adaptive_block_lossless (every k, any stopping rule of the context and drafted prefix)",
+    "adaptive_hsd_capped": "proofs/coq/Adaptive.v: adaptive_hsd_capped_lossless (every k, any stopping rule of the context and drafted prefix)",
 }
 
 ops = Z3Ops()

@@ -133,12 +133,23 @@ def _covered_by_compose(scheme) -> bool:
             and all(v.name in ("tokenwise", "block") for v in scheme.verifiers))
 
 
+# lossy controls without a z3 encoding (their defect is in the drafting loop, which proofs/smt/encode.py
+# does not model), with where their exact counterexample is checked instead
+EXACT_ONLY_CONTROLS = {
+    "adaptive_tokenwise_drop_trigger": "tests/ref/test_adaptive.py: a hand-computed law (k = 1) and check_lossless's counterexample",
+    "adaptive_block_drop_trigger": "tests/ref/test_adaptive.py: a hand-computed law (k = 1) and check_lossless's counterexample",
+    "adaptive_block_shared_coin": "tests/ref/test_adaptive.py: a hand-computed law (k = 2) and check_lossless's counterexample",
+}
+
+
 def test_every_registered_scheme_has_a_proof_or_a_control():
     for name, scheme in SCHEMES.items():
         if scheme.lossless:
             assert name in THEOREMS or name in COQ_ONLY or _covered_by_compose(scheme), f"lossless scheme {name!r} has no proof in proofs/"
         else:
-            assert name in CONTROLS, f"lossy scheme {name!r} has no z3 counterexample control"
+            assert name in CONTROLS or name in EXACT_ONLY_CONTROLS, f"lossy scheme {name!r} has no z3 counterexample control"
+    for name in EXACT_ONLY_CONTROLS:
+        assert name in SCHEMES and not SCHEMES[name].lossless and name not in CONTROLS, f"{name}: stale exemption"
 
 
 def test_the_compose_coverage_rule_is_not_vacuous():
