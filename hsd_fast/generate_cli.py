@@ -6,7 +6,8 @@ Streams the generated text of a single prompt as the target accepts it, then pri
 Levels: ``--draft`` (repeatable, bottom-up) takes ``ngram`` / ``ngram:N`` (prompt lookup), a model
 name of the ``hsd_fast.models`` registry or a local Hugging Face folder (``NAME@int8``: a weight-only
 int8 copy), or ``exit:D`` (an early-exit view of the target: its first ``D`` layers + final norm + LM
-head, sharing the target's KV cache); ``--draft none`` decodes with the target alone
+head, sharing the target's KV cache; ``exit:D:trained`` reads it through the head that ``hsd-fast
+train-exit`` trained and cached for that layer); ``--draft none`` decodes with the target alone
 (autoregressive).  Default: ``smollm2-135m`` with an n-gram drafter.
 """
 
@@ -28,7 +29,7 @@ def add_cli(subparsers) -> None:
     )
     p.add_argument("--target", default="smollm2-135m", help="target model: registry name or local HF folder (default smollm2-135m)")
     p.add_argument("--draft", action="append", default=None, metavar="SPEC",
-                   help="a draft level, bottom-up, repeatable: ngram, ngram:N, a model name/folder, NAME@int8, exit:D; "
+                   help="a draft level, bottom-up, repeatable: ngram, ngram:N, a model name/folder, NAME@int8, exit:D, exit:D:trained; "
                         "'none' = the target alone (default: ngram)")
     p.add_argument("--scheme", default="tokenwise",
                    help="verification scheme, one name or one per level comma-separated: tokenwise, block, hsd_capped, greedy")
@@ -51,8 +52,6 @@ def add_cli(subparsers) -> None:
 
 
 def _levels(args):
-    from .engine import EarlyExit
-
     drafts = args.draft or ["ngram"]
     if drafts == ["none"]:
         return [args.target]
@@ -61,15 +60,26 @@ def _levels(args):
     levels = []
     for d in drafts:
         if d.startswith("exit:"):
-            try:
-                depth = int(d.split(":", 1)[1])
-            except ValueError:
-                raise ValueError(f"--draft: bad early-exit spec {d!r}; expected exit:D") from None
-            levels.append(EarlyExit(args.target, depth))
+            levels.append(parse_exit(d, args.target))
         else:
             levels.append(d)
     levels.append(args.target)
     return levels
+
+
+def parse_exit(text: str, target):
+    """``exit:D`` -> ``EarlyExit(target, D)``; ``exit:D:trained`` -> ``EarlyExit(target, D, head="trained")``
+    (the newest cached head of ``hsd-fast train-exit``)."""
+    from .engine import EarlyExit
+
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3) or parts[0] != "exit" or (len(parts) == 3 and parts[2] != "trained"):
+            raise ValueError
+        depth = int(parts[1])
+    except ValueError:
+        raise ValueError(f"--draft: bad early-exit spec {text!r}; expected exit:D or exit:D:trained") from None
+    return EarlyExit(target, depth, head="trained" if len(parts) == 3 else None)
 
 
 def _thresholds(text):

@@ -334,12 +334,18 @@ class CachedLM:
         return cached[1](h)
 
     @torch.no_grad()
-    def logits(self, depth: int, seq: torch.Tensor, lens: torch.Tensor, n_out: int, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, depth: int, seq: torch.Tensor, lens: torch.Tensor, n_out: int, vocab_ids: torch.Tensor | None = None,
+               head=None) -> torch.Tensor:
         """Logits of the ``depth``-layer view at the last ``n_out`` positions of each row.
 
         seq [B, S] int64 (entries past lens are ignored, so S may be any width >= max(lens)), lens [B]
         int64 >= n_out.  -> [B, n_out, V] (only the columns ``vocab_ids``, in that order, when given:
         the LM head computes just those rows).  Memory and work depend on ``lens``, not on ``S``.
+
+        ``head``: a trained exit head (:class:`hsd_fast.exits.LinearHead`), a map of each position's
+        layer-``depth`` hidden state alone, ``[B, n_out, hidden] -> [B, n_out, hidden]`` in the model's
+        dtype, applied to the gathered hidden states before the final norm.  The stored hidden states
+        (what deeper segments read) are never changed, so the views keep sharing the cache.
         """
         if depth not in self.exits:
             raise ValueError(f"depth: {depth} is not a registered exit of {self.name} (exits {sorted(self.exits)})")
@@ -373,6 +379,8 @@ class CachedLM:
             self.seg_len[s] = lens.clone()
         pos = lens[:, None] - n_out + torch.arange(n_out, device=lens.device)  # [B, n_out]
         h = self.hid[top].gather(1, pos[..., None].expand(B, n_out, self.hidden))
+        if head is not None:
+            h = head(h)
         return self._head(self.norm(h), vocab_ids)
 
     def _run_segment(self, s: int, start: torch.Tensor, end: torch.Tensor, seq: torch.Tensor, M: int, E: int, uniform: bool = False) -> None:

@@ -47,21 +47,30 @@ class Level(Protocol):
 
 @dataclass(frozen=True)
 class EarlyExit:
-    """The first ``layers`` decoder layers of ``model`` + its final norm + its LM head."""
+    """The first ``layers`` decoder layers of ``model`` + its final norm + its LM head.
+
+    ``head``: ``None`` (the untrained exit: the layer-``layers`` hidden state read out directly),
+    ``"trained"`` (the newest cached head trained for this model and layer by ``hsd-fast train-exit``,
+    verified against its manifest; ``ValueError`` naming the command when there is none), the path of
+    a head folder (:func:`hsd_fast.exits.load_head`), or an :class:`hsd_fast.exits.ExitHead` object.
+    A head maps the hidden state before the final norm (docs/early-exit.md)."""
 
     model: Any
     layers: int
+    head: Any = None
 
 
 class ModelLevel:
-    """A view (``depth`` layers) of a backend; ``probs`` returns warped distributions (the warp's dtype)."""
+    """A view (``depth`` layers, then ``head`` when given) of a backend; ``probs`` returns warped
+    distributions (the warp's dtype)."""
 
     kind = "model"
 
-    def __init__(self, backend, depth: int, name: str):
+    def __init__(self, backend, depth: int, name: str, head=None):
         backend.add_exit(depth)
         self.backend = backend
         self.depth = depth
+        self.head = head  # a trained exit head applied before the final norm (None: none)
         self.name = name
         self.vocab_size = backend.vocab_size  # the engine's vocabulary: ids >= it get probability 0 (``shrink``)
         self.device = backend.device
@@ -84,7 +93,8 @@ class ModelLevel:
         """[B, S], [B] -> [B, n_out, V] of the warp's dtype: the warped next-token laws at the last n_out positions
         (over ``self.vocab_ids`` only, in that order, when the decoder restricted the vocabulary; over
         the first ``vocab_size`` ids after :meth:`shrink`)."""
-        logits = self.backend.logits(self.depth, seq, lens, n_out, vocab_ids=self.vocab_ids)
+        extra = {} if self.head is None else {"head": self.head}  # only CachedLM takes a head
+        logits = self.backend.logits(self.depth, seq, lens, n_out, vocab_ids=self.vocab_ids, **extra)
         if self.vocab_ids is None and logits.shape[-1] > self.vocab_size:
             logits = logits[..., : self.vocab_size]
         return warp.probs(logits, seq, lens)

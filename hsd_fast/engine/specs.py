@@ -7,7 +7,8 @@
 * a Hugging Face causal LM (``torch.nn.Module``), or a ``(model, tokenizer)`` pair;
 * :class:`EarlyExit` ``(model, layers)``: the first ``layers`` decoder layers of ``model`` plus its
   final norm and LM head (HiSpec's virtual models; the full model shares the KV cache and hidden
-  states of those layers);
+  states of those layers); ``EarlyExit(model, layers, head="trained")`` (or a head folder, or an
+  :class:`hsd_fast.exits.ExitHead`) inserts a trained linear head before the final norm;
 * a model name or local directory, loaded with ``hsd_fast.models.load(name, dtype=, device=)``;
   ``"NAME@int8"`` loads a separate copy with weight-only int8 linear layers
   (:func:`hsd_fast.quant.quantize_int8`, for drafts);
@@ -25,6 +26,7 @@ its views share their cache.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import torch
@@ -70,6 +72,33 @@ def _model_name(model) -> str:
     name = str(name).rstrip("/").split("/")[-1] or type(model).__name__
     quant = is_quantized(model)
     return f"{name}@{quant}" if quant else name
+
+
+def _resolve_head(head, model, layers: int, backend, i: int):
+    """The exit head object of ``EarlyExit(model, layers, head)`` on ``backend`` (None: no head).
+
+    ``"trained"``: the newest verified cached head of this model and layer (:func:`hsd_fast.exits.find_head`);
+    a path: that head folder; an :class:`hsd_fast.exits.ExitHead`: itself.  Only linear heads on a
+    :class:`CachedLM` are decoded (a block head needs cache positions of its own)."""
+    if head is None:
+        return None
+    if not isinstance(backend, CachedLM):
+        raise ValueError(f"levels[{i}]: an EarlyExit head needs a Llama-style model on the cached backend, not {backend.name}")
+    from ..exits import ExitHead, find_head, load_head
+
+    if isinstance(head, str) and head == "trained":
+        head = load_head(find_head(model, layers), model, layers)
+    elif isinstance(head, (str, os.PathLike)):
+        head = load_head(head, model, layers)
+    elif not isinstance(head, ExitHead):
+        raise ValueError(f"levels[{i}]: EarlyExit head must be None, 'trained', a head folder or an ExitHead, got {head!r}")
+    if head.layer != layers or head.hidden != backend.hidden:
+        raise ValueError(f"levels[{i}]: the head was made for layer {head.layer} and hidden size {head.hidden}, "
+                         f"not layer {layers} of {backend.name} (hidden {backend.hidden})")
+    if head.kind != "linear":
+        raise ValueError(f"levels[{i}]: the engine decodes linear exit heads only; a {head.kind!r} head needs cache "
+                         f"positions of its own (docs/early-exit.md, what is left)")
+    return head.to(backend.device).eval()
 
 
 def resolve_levels(
@@ -177,7 +206,9 @@ def resolve_levels(
             layers = spec.layers
             if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= be.n_layers:
                 raise ValueError(f"levels[{i}]: EarlyExit layers must be an int in [1, {be.n_layers}], got {layers!r}")
-            levels.append(ModelLevel(be, layers, f"{be.name}[:{layers}]"))
+            head = _resolve_head(spec.head, model, layers, be, i)
+            name = f"{be.name}[:{layers}]" + ("" if head is None else f"+{head.kind}")
+            levels.append(ModelLevel(be, layers, name, head=head))
             continue
         if isinstance(spec, (torch.nn.Module, TableModel)):
             be = backend_for(spec)
