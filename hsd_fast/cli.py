@@ -20,6 +20,8 @@ SUBCOMMAND_MODULES = (
     "hsd_fast.models",
     "hsd_fast.generate_cli",
     "hsd_fast.bench",
+    "hsd_fast.exits",
+    "hsd_fast.audit",
 )
 
 
