@@ -8,17 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..fidelity.report import _fmt  # one number format for both reports
 from .cells import ENGINES
 
 __all__ = ["audit_markdown", "write_audit", "add_cli"]
-
-
-def _fmt(x, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    if isinstance(x, float) and x != 0 and abs(x) < 1e-3:
-        return f"{x:.2e}"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
 def audit_markdown(report: dict) -> str:

@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..fidelity.report import _plant  # the planted transfer of the fidelity report, the same rule
 from ..fidelity.stats import ALPHA_PER_TEST, TARGET_POWER, derive_seed, g_test, planted_bias_law, power, samples_for_power
 from . import engines as E
 from .cells import Cell, Setup, load_setup, select_cells
@@ -69,14 +70,6 @@ def versions() -> dict:
         out["hsd_commit"] = (head or "unknown") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         out["hsd_commit"] = "unknown"
-    return out
-
-
-def _plant(codes: np.ndarray, src: int, dst: int, p_src: float, tv: float, seed: int) -> np.ndarray:
-    """``codes`` with each ``src`` moved to ``dst`` with probability ``tv / p_src``."""
-    u = np.random.default_rng(seed).random(len(codes))
-    out = codes.copy()
-    out[(out == src) & (u < tv / p_src)] = dst
     return out
 
 
