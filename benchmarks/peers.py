@@ -5,7 +5,8 @@ requests), Qwen2.5-Coder 1.5B target in bf16, T = 1, exactly ``--new-tokens`` to
 ignored), on the prompts and settings of ``python -m hsd_fast.vllm.bench`` (the Spec-Bench "coding"
 prompts shipped in hsd_fast/data, no chat template, seeds 0..B-1):
 
-* ours: the target alone, and the 0.5B draft (int8, block verification, K = 4);
+* ours: the target alone, the 0.5B draft (int8, block verification, K = 4), prompt lookup (n-grams,
+  token-wise, K = 4), and the 3-level stack n-gram -> 0.5B int8 -> target (default thresholds for K = 4);
 * ours through ``hsd_fast.hf.generate`` on the same transformers objects (bf16 draft, block, K = 4);
 * transformers: ``generate`` (batched with left padding at B = 8) and assisted generation (it
   refuses batches, so B = 8 runs the requests one after another);
@@ -129,10 +130,12 @@ def main(argv=None) -> int:
         prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts[:batch]]
         rows.append(run_ours(prompts, args.new_tokens, batch, [target], "target alone", eos_token_id=None))
         rows.append(run_ours(prompts, args.new_tokens, batch, [f"{DRAFT}@int8", target], "0.5B int8 draft, block K=4", scheme="block", thresholds=4, eos_token_id=None, dtype=torch.bfloat16))
+        rows.append(run_ours(prompts, args.new_tokens, batch, ["ngram", target], "n-gram prompt lookup, tokenwise K=4", scheme="tokenwise", thresholds=4, eos_token_id=None))
+        rows.append(run_ours(prompts, args.new_tokens, batch, ["ngram", f"{DRAFT}@int8", target], "n-gram -> 0.5B int8 -> target (tokenwise, block), K=4", scheme=("tokenwise", "block"), thresholds=4, eos_token_id=None, dtype=torch.bfloat16))
         rows.append(run_hf(target, counter, prompts, args.new_tokens, batch, pad, assistant=draft, ours=True))
         rows.append(run_hf(target, counter, prompts, args.new_tokens, batch, pad))
         rows.append(run_hf(target, counter, prompts, args.new_tokens, batch, pad, assistant=draft))
-        for r in rows[-5:]:
+        for r in rows[-7:]:
             print(json.dumps(r), flush=True)
     if args.vllm_json is not None:
         rows.extend(vllm_rows(args.vllm_json))
