@@ -301,16 +301,30 @@ def verify(
     draws: torch.Tensor | None = None,
     impl: str = "kernel",
     validate: bool = True,
+    draft_lens: torch.Tensor | None = None,
 ) -> VerifyOutput:
     """Verify a batch of drafts with the fast kernel of ``scheme`` (module docstring).
 
     ``impl="loop"`` runs the loop twin instead (same validation and draws).  ``validate=False`` skips
     the data checks (token range, row sums, shared rows), which read every input once and synchronise
     with the device; shape, dtype and device checks always run.
+
+    ``draft_lens`` [B] (single-draft schemes): ragged drafts in vLLM's layout.  Row ``b`` drafted
+    ``L_b <= K`` tokens; ``draft_tokens[b, L_b:]`` must be -1 and the rows past them (target rows
+    after ``L_b + 1``, draft rows after ``L_b``) are ignored and may hold anything.  Row ``b`` is then
+    verified exactly as the length-``L_b`` draft it is, with its first ``draws_needed(scheme, L_b)``
+    uniforms (``draws[b, :L_b + 1]``: the layout of :mod:`hsd_ref.scheme` at ``k = L_b``), so its
+    output equals the unpadded call's, draw for draw; ``tokens[b, L_b + 1:]`` are -1.  The rows of
+    each length go through the kernel together (one call per distinct length; the lengths are read
+    on the host).  This is the fast half of the adaptive schemes (hsd_ref.schemes.adaptive), whose
+    draft length is a stopping time.
     """
     spec = get_kernel(scheme)
     if impl not in ("kernel", "loop"):
         raise ValueError(f"impl: expected 'kernel' or 'loop', got {impl!r}")
+    lens = None if draft_lens is None else _check_lens(spec, draft_lens, target_probs, draft_tokens)
+    if lens is not None and validate:  # padded rows may hold anything: check a valid stand-in
+        target_probs, draft_probs = _fill_padding(target_probs, lens, 1), _fill_padding(draft_probs, lens, 0)
     target_probs, draft_probs, draft_tokens = _validate(spec, target_probs, draft_probs, draft_tokens, validate)
     B = target_probs.shape[0]
     K = target_probs.shape[-2] - 1
@@ -318,4 +332,56 @@ def verify(
     D = draws_needed(spec.name, K, N)
     u = _make_draws(spec, B, D, target_probs.device, generator, seeds, draws, validate)
     fn = spec.kernel if impl == "kernel" else spec.loop
-    return fn(target_probs, draft_probs, draft_tokens, u)
+    if lens is None or all(n == K for n in lens):
+        return fn(target_probs, draft_probs, draft_tokens, u)
+    return _ragged(spec, fn, target_probs, draft_probs, draft_tokens, u, lens)
+
+
+def _check_lens(spec: KernelSpec, draft_lens, target_probs, draft_tokens) -> list[int]:
+    """``draft_lens`` validated against the shapes and the -1 padding; returned on the host."""
+    draft_lens = _check_tensor(draft_lens, "draft_lens")
+    if spec.multi_draft:
+        raise ValueError(f"draft_lens: per-row draft lengths are for single-draft schemes, not {spec.name!r}")
+    if draft_lens.dtype not in (torch.int64, torch.int32) or draft_lens.dim() != 1:
+        raise ValueError(f"draft_lens: expected a 1-D int64 tensor [B], got {draft_lens.dtype} of shape {tuple(draft_lens.shape)}")
+    if not isinstance(target_probs, torch.Tensor) or not isinstance(draft_tokens, torch.Tensor) or draft_tokens.dim() != 2:
+        return []  # _validate names the bad argument
+    B, K = draft_tokens.shape
+    if tuple(draft_lens.shape) != (B,):
+        raise ValueError(f"draft_lens: expected shape {(B,)} to match draft_tokens {tuple(draft_tokens.shape)}, got {tuple(draft_lens.shape)}")
+    lens = [int(n) for n in draft_lens.tolist()]
+    for b, n in enumerate(lens):
+        if not 0 <= n <= K:
+            raise ValueError(f"draft_lens[{b}] = {n} is outside [0, K = {K}]")
+        pad = draft_tokens[b, n:]
+        if bool((pad != PLACEHOLDER).any()):
+            j = n + int(torch.nonzero(pad != PLACEHOLDER)[0, 0])
+            raise ValueError(f"draft_tokens[{b}, {j}] = {int(draft_tokens[b, j])}: past draft_lens[{b}] = {n}, expected the padding -1")
+    return lens
+
+
+def _fill_padding(x, lens: list[int], extra: int):
+    """``x`` [B, K + extra, V] with the rows at and after ``lens[b] + extra`` replaced by a valid row
+    (a point mass on id 0), so validation reads only real rows and its messages keep their indices."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or len(lens) != x.shape[0]:
+        return x
+    cols = torch.arange(x.shape[1], device=x.device)
+    pad = cols[None, :] >= torch.tensor(lens, device=x.device)[:, None] + extra  # [B, K + extra]
+    stand_in = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+    stand_in[0] = 1
+    return torch.where(pad[..., None], stand_in, x)
+
+
+def _ragged(spec: KernelSpec, fn, target_probs, draft_probs, draft_tokens, u, lens: list[int]) -> VerifyOutput:
+    """Rows grouped by draft length, each group verified at its own ``K = L``, scattered back."""
+    B, K1, _ = target_probs.shape
+    device = target_probs.device
+    tokens = torch.full((B, K1), PLACEHOLDER, dtype=torch.int64, device=device)
+    num_accepted = torch.zeros(B, dtype=torch.int64, device=device)
+    for n in sorted(set(lens)):
+        idx = torch.tensor([b for b, m in enumerate(lens) if m == n], dtype=torch.int64, device=device)
+        q = None if draft_probs is None else draft_probs[idx, :n]
+        out = fn(target_probs[idx, : n + 1], q, draft_tokens[idx, :n], u[idx, : draws_needed(spec.name, n)])
+        tokens[idx, : n + 1] = out.tokens.to(torch.int64)
+        num_accepted[idx] = out.num_accepted.to(torch.int64)
+    return VerifyOutput(tokens, num_accepted, None)
