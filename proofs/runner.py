@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 COQ_DIR = Path(__file__).resolve().parent / "coq"
-COQ_FILES = ("Common", "SpecLossless", "Block", "HsdCapped", "Compose", "Adaptive", "Latency")  # dependency order
+COQ_FILES = ("Common", "SpecLossless", "Block", "HsdCapped", "Compose", "Adaptive", "Latency", "RRS")  # dependency order
 
 # file -> its main theorems (each gets a table row and a Print Assumptions check)
 COQ_THEOREMS = {
@@ -58,6 +58,11 @@ COQ_THEOREMS = {
     "Latency": (
         "geom_closed", "geom_at_one", "scan_tokens_geom", "scan_tokens_prefix", "tokens_law_total", "tokens_law_mean",
         "walltime_factor_closed", "ops_factor_closed", "walltime_factor_k1", "speedup_iff",
+    ),
+    "RRS": (
+        "rrs_step_lossless", "rrs_without_replacement_step_lossless", "rrs_iteration_lossless",
+        "rrs_without_replacement_iteration_lossless", "rrs_lossless", "rrs_without_replacement_lossless",
+        "rrs_lossless_prob", "rrs_without_replacement_lossless_prob", "rrs_upfront_eq_tree", "rrs_upfront_lossless",
     ),
 }
 

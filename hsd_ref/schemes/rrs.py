@@ -23,7 +23,7 @@ from ..multidraft import MultiDraftScheme, NodeDecision, drop_token, ratio_chanc
 class RRS(MultiDraftScheme):
     name = "rrs"
     lossless = True
-    theorem = "proofs/smt: rrs (z3, fixed vocabulary) + exact enumeration (tests/ref/test_multidraft.py)"
+    theorem = "proofs/coq/RRS.v: rrs_lossless (every k, every number of drafts) + proofs/smt: rrs (z3, fixed vocabulary) + exact enumeration (tests/ref/test_multidraft.py)"
     replacement = True
 
     def prepare(self, p_row, q_row, m):

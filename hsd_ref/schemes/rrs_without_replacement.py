@@ -22,6 +22,7 @@ class RRSWithoutReplacement(_WithoutReplacementRule):
     name = "rrs_without_replacement"
     lossless = True
     theorem = (
-        "proofs/smt: rrs_without_replacement (z3, fixed vocabulary) + exact enumeration (tests/ref/test_multidraft.py)"
+        "proofs/coq/RRS.v: rrs_without_replacement_lossless (every k, every number of drafts) + proofs/smt: "
+        "rrs_without_replacement (z3, fixed vocabulary) + exact enumeration (tests/ref/test_multidraft.py)"
     )
     replacement = False

@@ -31,7 +31,7 @@ from .ops import Z3Ops
 from .prover import Fact, Session, times
 from .symbolic import SymModel
 
-__all__ = ["COQ_ONLY", "THEOREMS", "SUPPORTED_K"]
+__all__ = ["COQ_ALSO", "COQ_ONLY", "THEOREMS", "SUPPORTED_K"]
 
 # lossless schemes whose proof is in Coq only (no fixed-V z3 proof)
 COQ_ONLY = {
@@ -39,6 +39,14 @@ COQ_ONLY = {
     "adaptive_tokenwise": "proofs/coq/Adaptive.v: adaptive_tokenwise_lossless (every k, any stopping rule of the context and drafted prefix)",
     "adaptive_block": "proofs/coq/Adaptive.v: adaptive_block_lossless (every k, any stopping rule of the context and drafted prefix)",
     "adaptive_hsd_capped": "proofs/coq/Adaptive.v: adaptive_hsd_capped_lossless (every k, any stopping rule of the context and drafted prefix)",
+}
+
+# lossless schemes with a fixed-V z3 proof here AND a Coq proof for every V, k and number of drafts
+COQ_ALSO = {
+    "rrs": "proofs/coq/RRS.v: rrs_lossless (every k, every number of drafts N, i.i.d. drafts)",
+    "rrs_without_replacement": (
+        "proofs/coq/RRS.v: rrs_without_replacement_lossless (every k, every number of drafts N, drafting without replacement)"
+    ),
 }
 
 ops = Z3Ops()

@@ -31,7 +31,7 @@ from proofs.smt.controls import CONTROLS, find_counterexample
 from proofs.smt.ops import Z3Ops
 from proofs.smt.prover import Fact, ProofFailed, Session, linearize, times
 from proofs.smt.symbolic import SymModel
-from proofs.smt.theorems import COQ_ONLY, THEOREMS, _single_k1, hsd_capped
+from proofs.smt.theorems import COQ_ALSO, COQ_ONLY, THEOREMS, _single_k1, hsd_capped
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,7 @@ def test_coq_proofs_compile_and_use_only_the_stdlib_real_axioms():
     assert not bad, runner.format_table(bad)
     names = {r.theorem for r in rows}
     for required in ("SpecLossless.v: spec_decoding_lossless", "Block.v: block_lossless", "HsdCapped.v: hsd_capped_lossless",
-                     "Compose.v: hierarchy_lossless",
+                     "Compose.v: hierarchy_lossless", "RRS.v: rrs_lossless", "RRS.v: rrs_without_replacement_lossless",
                      "Latency.v: geom_closed", "Latency.v: walltime_factor_closed"):
         assert required in names
     # Print Assumptions is part of the output, with the baseline of the reals themselves
@@ -95,6 +95,63 @@ def test_coq_check_rejects_axioms_and_admitted(tmp_path, monkeypatch, body, need
     rows = runner.coq_rows(verbose=False)
     assert any(not r.ok for r in rows)
     assert any(needle in r.detail for r in rows if not r.ok)
+
+
+RRS_THEOREMS = (
+    "rrs_step_lossless", "rrs_without_replacement_step_lossless", "rrs_iteration_lossless",
+    "rrs_without_replacement_iteration_lossless", "rrs_lossless", "rrs_without_replacement_lossless",
+    "rrs_lossless_prob", "rrs_without_replacement_lossless_prob", "rrs_upfront_eq_tree", "rrs_upfront_lossless",
+)
+
+
+def _rrs_only(tmp_path, monkeypatch, edit=lambda text: text):
+    """Point the runner at RRS.v and the files it imports (``edit`` applied to RRS.v's text)."""
+    d = tmp_path / "coq"
+    d.mkdir()
+    for name in ("Common", "SpecLossless"):
+        shutil.copy(runner.COQ_DIR / f"{name}.v", d / f"{name}.v")
+    (d / "RRS.v").write_text(edit((runner.COQ_DIR / "RRS.v").read_text()))
+    monkeypatch.setattr(runner, "COQ_DIR", d)
+    monkeypatch.setattr(runner, "COQ_FILES", ("Common", "SpecLossless", "RRS"))
+    monkeypatch.setattr(runner, "COQ_THEOREMS", {"Common": (), "SpecLossless": (), "RRS": runner.COQ_THEOREMS["RRS"]})
+
+
+def test_coq_rrs_theorems_are_registered_and_proved(tmp_path, monkeypatch):
+    """Issue 15: RRS with and without replacement, every k and every number of drafts, in Coq."""
+    _coqc()
+    assert set(RRS_THEOREMS) <= set(runner.COQ_THEOREMS["RRS"]) and "RRS" in runner.COQ_FILES
+    _rrs_only(tmp_path, monkeypatch)
+    rows = runner.coq_rows(verbose=False)
+    assert {r.theorem for r in rows} == {f"RRS.v: {t}" for t in runner.COQ_THEOREMS["RRS"]}
+    assert all(r.status == "proved" for r in rows), runner.format_table(rows)
+
+
+def test_coq_check_rejects_an_admitted_rrs_step(tmp_path, monkeypatch):
+    _coqc()
+
+    def admit_step(text: str) -> str:
+        head, tail = text.split("Theorem rrs_step_lossless", 1)
+        proof, rest = tail.split("Qed.", 1)
+        return head + "Theorem rrs_step_lossless" + proof.split("Proof.", 1)[0] + "Proof.\nAdmitted." + rest
+
+    _rrs_only(tmp_path, monkeypatch, admit_step)
+    rows = runner.coq_rows(verbose=False)
+    bad = [r for r in rows if not r.ok]
+    assert any("Admitted" in r.detail for r in bad)
+    # the admitted step shows up as an axiom of every theorem built on it
+    assert {"RRS.v: rrs_step_lossless", "RRS.v: rrs_lossless"} <= {r.theorem for r in bad}
+
+
+def test_coq_also_names_registered_coq_theorems():
+    """Every Coq reference in COQ_ONLY / COQ_ALSO names a file and main theorem the runner checks;
+    COQ_ALSO schemes keep their z3 proofs."""
+    for name, ref in {**COQ_ONLY, **COQ_ALSO}.items():
+        assert name in SCHEMES and SCHEMES[name].lossless, name
+        path, thm = ref.split(" ", 1)[0].rstrip(":"), ref.split(": ", 1)[1].split(" ", 1)[0]
+        stem = Path(path).stem
+        assert path == f"proofs/coq/{stem}.v" and stem in runner.COQ_FILES, ref
+        assert thm in runner.COQ_THEOREMS[stem], ref
+    assert set(COQ_ALSO) == {"rrs", "rrs_without_replacement"} and set(COQ_ALSO) <= set(THEOREMS)
 
 
 def test_coq_missing_gives_a_skipped_row(monkeypatch):
