@@ -13,6 +13,12 @@ generation and the latency model (docs/benchmarks.md).
 smoke run of the real models; ``--tiny`` runs every code path on random tiny models (no download,
 seconds; the test suite uses it).
 
+Level keys (:mod:`.families`): ``ngram``, ``draft``, ``draft@int8``, ``exit:D`` (untrained exit),
+``exit:D:trained`` (the head ``hsd-fast train-exit`` cached) and ``target``.  The Qwen suite's
+trained-exit plans (HiSpec draft -> exit:14:trained -> target, self-speculation exit:14:trained ->
+target) need ``hsd-fast train-exit qwen2.5-coder-1.5b --layer 14`` first; without the head they are
+skipped, and the log and the report say so and give that command.
+
 ``hsd-fast bench --batch-sweep`` (:mod:`.sweep`, :mod:`.sweep_report`) measures aggregate tokens/s
 against the batch size instead (``--batch-sizes 1,2,4,8,16``; with ``--tiny`` / ``--quick`` too) and
 rewrites only the "Batch sweep" section of ``benchmarks.md`` and ``batch_sweep`` in ``bench.json``;

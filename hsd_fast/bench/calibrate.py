@@ -5,11 +5,14 @@ position-indexed cache, final norm, LM head, float64 warp) scoring ``m`` new pos
 prefilled prompt, for ``m`` in :data:`POSITIONS`; the median of a few repetitions is the point
 ``c(m)`` of its :class:`hsd_ref.latency.CostCurve`.  An early exit of the target is not timed: the
 latency model prices it as ``CostCurve.early_exit(d / L)`` of the target's curve, with the shared
-KV cache and hidden states that the engine implements (docs/latency.md).  The n-gram drafter's cost
+KV cache and hidden states that the engine implements (docs/latency.md).  A trained exit
+(``exit:D:trained``) is priced the same: its linear head is one ``hidden x hidden`` product per
+position, about 0.1% of a Qwen2.5-1.5B token's FLOPs, within the noise of the measured exit costs
+(docs/early-exit.md).  The n-gram drafter's cost
 is its proposal time per proposed token.
 
 Acceptance.  Teacher-forced along the target's own continuations of the calibration prompts (sampled
-at the suite's temperature, greedy at 0): for every pair of levels ``(i, j)`` the mean over positions
+at the suite's temperature, greedy at 0; a trained exit read through its head): for every pair of levels ``(i, j)`` the mean over positions
 of ``sum_v min(p_i(v), p_j(v))`` (Leviathan et al.'s ``alpha = E[beta]``), with the n-gram drafter's
 point mass on its proposal (so its rate is ``E[p_j(proposal)]``).  All pairs come from one forward per
 model over each continuation.
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .suites import PlanSpec, RunSpec
+from .suites import PlanSpec, RunSpec, parse_exit_key
 
 __all__ = ["Calibration", "POSITIONS", "calibrate", "make_plan"]
 
@@ -42,6 +45,7 @@ class Calibration:
     n_layers: int
     positions: int = 0  # teacher-forced positions behind the acceptance rates
     plans: dict[str, dict] = field(default_factory=dict)  # plan name -> chain, thresholds, predictions
+    heads: dict[str, str] = field(default_factory=dict)  # "exit:D:trained" -> the head folder's name
 
     def as_dict(self) -> dict:
         return {
@@ -51,6 +55,7 @@ class Calibration:
             "n_layers": self.n_layers,
             "positions": self.positions,
             "plans": self.plans,
+            "heads": self.heads,
         }
 
     @classmethod
@@ -62,10 +67,11 @@ class Calibration:
             n_layers=int(d["n_layers"]),
             positions=int(d.get("positions", 0)),
             plans=dict(d.get("plans", {})),
+            heads=dict(d.get("heads", {})),
         )
 
     def curves(self, keys):
-        """CostCurve per key (exits derived from the target's curve)."""
+        """CostCurve per key (exits, trained or not, derived from the target's curve)."""
         from hsd_ref.latency import CostCurve
 
         target = CostCurve.points(self.costs["target"])
@@ -73,15 +79,15 @@ class Calibration:
         for key in keys:
             if key == "target":
                 out[key] = target
-            elif key.startswith("exit:"):
-                out[key] = target.early_exit(int(key.split(":", 1)[1]) / self.n_layers)
+            elif parse_exit_key(key) is not None:
+                out[key] = target.early_exit(parse_exit_key(key)[0] / self.n_layers)
             else:
                 out[key] = CostCurve.points(self.costs[key])
         return out
 
 
 def _model_keys(keys) -> list[str]:
-    return [k for k in keys if k not in ("ngram",) and not k.startswith("exit:")]
+    return [k for k in keys if k != "ngram" and parse_exit_key(k) is None]
 
 
 @torch.no_grad()
@@ -143,12 +149,17 @@ def calibrate(models, keys, prompts: list[list[int]], temperature: float, *, new
 
     # acceptance: teacher-forced along the target's own continuations
     target_be = CachedLM(models.target, "target")
-    levels = {}
+    levels, heads = {}, {}
     for key in keys:
+        exit_key = parse_exit_key(key)
         if key == "target":
             levels[key] = ModelLevel(target_be, target_be.n_layers, key)
-        elif key.startswith("exit:"):
-            levels[key] = ModelLevel(target_be, int(key.split(":", 1)[1]), key)
+        elif exit_key is not None:
+            spec = models.level(key)  # EarlyExit(target, D, head=None or the cached head)
+            head = None if spec.head is None else spec.head.to(device).eval()
+            levels[key] = ModelLevel(target_be, spec.layers, key, head=head)
+            if exit_key[1]:
+                heads[key] = models.trained_head(exit_key[0])[0].name
         elif key != "ngram":
             be = CachedLM(models.model(key), key)
             levels[key] = ModelLevel(be, be.n_layers, key)
@@ -179,7 +190,7 @@ def calibrate(models, keys, prompts: list[list[int]], temperature: float, *, new
                 overlap[pair] = overlap.get(pair, 0.0) + float(torch.minimum(probs[order[a]], probs[order[b]]).sum())
         rows += n
     acceptance = {pair: v / rows for pair, v in overlap.items()} if rows else {}
-    return Calibration(temperature, costs, acceptance, int(models.target.config.num_hidden_layers), rows)
+    return Calibration(temperature, costs, acceptance, int(models.target.config.num_hidden_layers), rows, heads=heads)
 
 
 def _restricted(acceptance: dict, names: list[str], required: set[str]) -> dict:
@@ -193,7 +204,7 @@ def make_plan(spec: PlanSpec, calib: Calibration, max_threshold: int) -> tuple[l
     """The runs of a plan (one per scheme) and what the latency model predicted for it."""
     from hsd_ref.optimize import optimal_hierarchy
 
-    names = [k for k in spec.candidates if k in calib.costs or k.startswith("exit:")] + ["target"]
+    names = [k for k in spec.candidates if k in calib.costs or parse_exit_key(k) is not None] + ["target"]
     curves = calib.curves(names)
     acc = {pair: v for pair, v in calib.acceptance.items() if pair[0] in names and pair[1] in names}
     options = [set(spec.candidates)] if spec.through_all else ([{r} for r in spec.through_any] or [set()])

@@ -10,7 +10,17 @@ specifications use:
   (:mod:`hsd_fast.quant`; bfloat16 activations, whatever the suite's dtype, since that is where the
   int8 kernel is fast on a CPU);
 * ``"exit:D"``: the target's first ``D`` layers + final norm + LM head (sharing its cache);
+* ``"exit:D:trained"``: the same exit read through the linear head that ``hsd-fast train-exit TARGET
+  --layer D`` trained and cached (``EarlyExit(target, D, head=...)``; the newest linear head of the
+  target's sha256 and layer ``D`` in ``<cache>/exits``, checked against its manifest; docs/early-exit.md);
 * ``"target"``: the target.
+
+Keys are parsed by :func:`hsd_fast.bench.suites.parse_exit_key`: a malformed key (``exit:x:trained``,
+``exit:3:foo``, ``draft2``) is a ``ValueError`` naming it, raised when the run or plan is built.  A
+well-formed key that a family cannot provide (no draft model, no int8 kernel on the device, no trained
+head in the cache) raises :class:`LevelUnavailable` (a ``ValueError``): the runner skips the runs and
+plans that need it and says why (for a missing head: the ``hsd-fast train-exit`` command that makes it).
+A head that is cached but corrupt is a ``CorruptCacheError``, which stops the benchmark.
 """
 
 from __future__ import annotations
@@ -19,7 +29,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Family", "Models", "FAMILIES", "get_family"]
+from .suites import parse_exit_key
+
+__all__ = ["Family", "Models", "FAMILIES", "LevelUnavailable", "get_family"]
+
+
+class LevelUnavailable(ValueError):
+    """A well-formed level key that this family cannot provide (module docstring): skipped, not fatal."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +43,9 @@ class Family:
     name: str
     target: str  # hsd_fast.models registry name ("tiny" builds random models in code)
     draft: str | None
-    exits: tuple[int, ...] = ()
+    exits: tuple[int, ...] = ()  # untrained exit depths of the target (exit:D)
+    trained_exits: tuple[int, ...] = ()  # depths whose trained heads the suites use (exit:D:trained); only
+    # for targets whose heads hsd-fast train-exit makes and the engine decodes (Llama-style, cached backend)
     description: str = ""
 
     def load(self, dtype: torch.dtype, device: torch.device, *, quantized_draft: bool = True) -> "Models":
@@ -68,10 +86,31 @@ class Models:
             return (self.draft, self.tokenizer)
         if key == "draft@int8" and self.draft_int8 is not None:
             return (self.draft_int8, self.tokenizer)
-        if key.startswith("exit:"):
-            depth = int(key.split(":", 1)[1])
-            return EarlyExit(self.target, depth)
-        raise ValueError(f"level key {key!r} is not available in family {self.family.name}")
+        parsed = parse_exit_key(key)  # ValueError naming a malformed key
+        if parsed is not None:
+            depth, trained = parsed
+            n_layers = int(self.target.config.num_hidden_layers)
+            if not 1 <= depth < n_layers:
+                raise ValueError(f"level key {key!r}: the {self.family.name} target has {n_layers} layers; "
+                                 f"an exit needs 1 <= D < {n_layers}")
+            return EarlyExit(self.target, depth, head=self.trained_head(depth)[1] if trained else None)
+        raise LevelUnavailable(f"level key {key!r} is not available in family {self.family.name}")
+
+    def trained_head(self, depth: int):
+        """``(folder, head)``: the newest cached linear head of the target at ``depth``, loaded once
+        (manifest checked).  :class:`LevelUnavailable` naming the command that trains it when there is none."""
+        if depth not in self._exits:
+            from ..exits import find_head, load_head
+            from ..exits.store import exits_root
+
+            try:
+                folder = find_head(self.target, depth, "linear")
+            except ValueError:
+                raise LevelUnavailable(f"level key 'exit:{depth}:trained': no trained exit head for the "
+                                       f"{self.family.name} target at layer {depth} in {exits_root()}; "
+                                       f"{_train_hint(self.family, depth)}") from None
+            self._exits[depth] = (folder, load_head(folder, self.target, depth))
+        return self._exits[depth]
 
     def model(self, key: str) -> torch.nn.Module:
         spec = self.level(key)
@@ -86,6 +125,13 @@ class Models:
                 ids = ids["input_ids"]
             return [int(x) for x in ids]
         return [int(x) for x in tok(prompt.text, add_special_tokens=False)["input_ids"]]
+
+
+def _train_hint(family: Family, depth: int) -> str:
+    if family.target == "tiny":
+        return (f"the tiny models are built in code, so train it with hsd_fast.exits.train_exit(target, tokenizer, "
+                f"TrainConfig(layer={depth})) on the family's float64 target (as tests/fast/test_exits.py does)")
+    return f"create it with `hsd-fast train-exit {family.target} --layer {depth}`"
 
 
 def _eos_ids(model, tok) -> tuple[int, ...]:
@@ -121,10 +167,10 @@ def _tiny_models(dtype, device) -> Models:
 FAMILIES = {
     f.name: f
     for f in (
-        Family("qwen", "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", exits=(24, 26),
+        Family("qwen", "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", exits=(24, 26), trained_exits=(14,),
                description="Qwen2.5-Coder-1.5B-Instruct target, Qwen2.5-Coder-0.5B-Instruct draft (one tokenizer)"),
         Family("smollm2", "smollm2-135m", None, description="SmolLM2-135M-Instruct alone, with the n-gram drafter"),
-        Family("tiny", "tiny", "tiny", exits=(2,), description="random tiny Llama models (smoke test; no download)"),
+        Family("tiny", "tiny", "tiny", exits=(2,), trained_exits=(2,), description="random tiny Llama models (smoke test; no download)"),
     )
 }
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .analysis import targets
+from .suites import parse_exit_key
 
 __all__ = ["machine_info", "write_report", "ANALYSIS_BEGIN", "ANALYSIS_END"]
 
@@ -140,9 +141,17 @@ def _calibration_lines(calibs: dict) -> list[str]:
         out.append("|---|---|")
         for lvl, pts in c["costs"].items():
             out.append(f"| {lvl} | " + ", ".join(f"{m}: {1000 * v:.2f}" for m, v in pts.items()) + " |")
+        for lvl in dict.fromkeys(x for a, b, _ in c["acceptance"] for x in (a, b)):
+            exit_key = parse_exit_key(lvl)
+            if exit_key is not None:  # exits are priced from the target's curve (hsd_fast.bench.calibrate)
+                head = ", its head not counted" if exit_key[1] else ""
+                out.append(f"| {lvl} | not timed: {exit_key[0]}/{c['n_layers']} of the target's cost{head} |")
         out.append("")
         out.append("acceptance: " + ", ".join(f"{a}->{b} {v:.3f}" for a, b, v in c["acceptance"]))
         out.append("")
+        if c.get("heads"):
+            out.append("trained exit heads: " + ", ".join(f"{k} = `{v}`" for k, v in c["heads"].items()))
+            out.append("")
         for name, p in c.get("plans", {}).items():
             if p.get("chain"):
                 chain = " -> ".join(f"{lv} [T={t}]" for lv, t in zip(p["chain"], p["thresholds"])) + " -> target"

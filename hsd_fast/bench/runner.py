@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from .calibrate import Calibration, calibrate, make_plan
-from .families import Models, get_family
-from .suites import RunSpec, Suite
+from .families import LevelUnavailable, Models, get_family
+from .suites import RunSpec, Suite, parse_exit_key
 
 __all__ = ["Settings", "run_suites", "suite_prompts", "hf_generate", "record_key", "for_temperature"]
 
@@ -162,8 +162,9 @@ def _suite_runs(suite: Suite, models: Models, calib: Calibration, temperature: f
     runs = [r for r in for_temperature(list(suite.runs), temperature) if r.kind != "engine" or not any(_missing(models, k) for k in r.levels)]
     seen = {(r.levels, r.scheme, r.thresholds): r.name for r in runs if r.kind == "engine"}
     for spec in suite.plans:
-        if any(_missing(models, k) for k in spec.candidates):
-            calib.plans[spec.name] = {"candidates": list(spec.candidates), "chain": None, "reason": "model not in this family"}
+        why = next((w for k in spec.candidates if (w := _missing(models, k))), None)
+        if why:
+            calib.plans[spec.name] = {"candidates": list(spec.candidates), "chain": None, "reason": why}
             continue
         planned, info = make_plan(spec, calib, suite.max_threshold)
         calib.plans[spec.name] = info
@@ -199,12 +200,31 @@ def _engine_levels(levels: tuple[str, ...]) -> tuple[str, ...]:
     return levels if levels[-1:] == ("target",) else (*levels, "target")
 
 
-def _missing(models: Models, key: str) -> bool:
+def _missing(models: Models, key: str) -> str | None:
+    """Why the family cannot provide the level ``key`` (no draft model, no trained head: the runs and
+    plans that need it are skipped), or ``None``.  A malformed key is a ``ValueError``, and a corrupt
+    cached head a ``CorruptCacheError``: both stop the benchmark."""
     try:
         models.level(key)
-    except ValueError:
-        return True
-    return False
+    except LevelUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def _suite_keys(suite: Suite) -> list[str]:
+    """Every level key of the suite's engine runs and plans (in order, once each)."""
+    keys = [k for r in suite.runs if r.kind == "engine" for k in r.levels] + [k for p in suite.plans for k in p.candidates]
+    return list(dict.fromkeys(keys))
+
+
+def _trained_heads(models: Models, keys) -> dict[str, str]:
+    """``{"exit:D:trained": head folder name}`` of the (available) trained-exit keys among ``keys``."""
+    out = {}
+    for key in keys:
+        parsed = parse_exit_key(key)
+        if parsed is not None and parsed[1] and not _missing(models, key):
+            out[key] = models.trained_head(parsed[0])[0].name
+    return out
 
 
 def run_suites(suites: list[Suite], settings: Settings) -> list[dict]:
@@ -231,16 +251,25 @@ def run_suites(suites: list[Suite], settings: Settings) -> list[dict]:
             models = family.load(getattr(torch, suite.dtype), device)
             execute = _Executor(models, settings)
             loaded = (suite.family, suite.dtype)
+        heads = _trained_heads(models, _suite_keys(suite))
+        for key in _suite_keys(suite):
+            why = _missing(models, key)
+            if why and parse_exit_key(key) is not None:
+                settings.log(f"[bench] {suite.name}: skipping the runs and plans with {key}: {why}")
+        for key, name in heads.items():
+            settings.log(f"[bench] {suite.name}: {key} is the trained head {name}")
         measured, calib_prompts = suite_prompts(suite)
         calib_ids = [models.encode(p) for p in calib_prompts] or [models.encode(measured[0])]
         plan_runs = {}
         for temp in suite.temperatures:
             ck = f"{suite.name}@{temp}"
-            if ck in calibs:
-                calib = Calibration.from_dict(calibs[ck])
-            else:
+            keys = [k for k in _calibration_keys(suite) if not _missing(models, k)] if suite.plans else ["target"]
+            calib = Calibration.from_dict(calibs[ck]) if ck in calibs else None
+            if calib is not None and calib.heads != {k: heads[k] for k in keys if k in heads}:
+                settings.log(f"[bench] {suite.name} T={temp}: the stored calibration used other trained heads; recalibrating")
+                calib = None
+            if calib is None:
                 settings.log(f"[bench] {suite.name} T={temp}: calibrating costs and acceptance on {len(calib_ids)} prompt(s)")
-                keys = [k for k in _calibration_keys(suite) if not _missing(models, k)] if suite.plans else ["target"]
                 calib = calibrate(models, keys, calib_ids, temp,
                                   new_tokens=suite.calibration_tokens, seed=settings.seed)
             plan_runs[temp] = _suite_runs(suite, models, calib, temp)
@@ -262,6 +291,8 @@ def run_suites(suites: list[Suite], settings: Settings) -> list[dict]:
                 seed = settings.seed + i
                 res = execute(run, ids, temp, seed, settings.max_new_tokens)
                 rec = _record(suite, run, prompt, ids, temp, seed, res)
+                if any(k in heads for k in run.levels):
+                    rec["heads"] = {k: heads[k] for k in run.levels if k in heads}
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
                 records.append(rec)

@@ -11,12 +11,39 @@ interleaved prompt by prompt so that machine drift cancels.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
-__all__ = ["RunSpec", "PlanSpec", "Suite", "default_suites", "quick_suites", "tiny_suites", "SCHEMES", "K_GRID"]
+__all__ = ["RunSpec", "PlanSpec", "Suite", "default_suites", "quick_suites", "tiny_suites", "SCHEMES", "K_GRID",
+           "LEVEL_KEYS", "parse_exit_key"]
 
 SCHEMES = ("tokenwise", "block", "hsd_capped")
 K_GRID = (2, 4, 6, 8)
+LEVEL_KEYS = ("ngram", "draft", "draft@int8", "target")  # and exit:D, exit:D:trained (hsd_fast.bench.families)
+_EXIT_KEY = re.compile(r"exit:([0-9]+)(:trained)?")
+
+
+def parse_exit_key(key: str) -> tuple[int, bool] | None:
+    """``"exit:D"`` -> ``(D, False)``; ``"exit:D:trained"`` -> ``(D, True)``; ``None`` for the other
+    level keys (:data:`LEVEL_KEYS`).  Any other key is a ``ValueError`` that names it."""
+    if key in LEVEL_KEYS:
+        return None
+    m = _EXIT_KEY.fullmatch(key) if isinstance(key, str) else None
+    if m is not None and int(m[1]) >= 1:
+        return int(m[1]), m[2] is not None
+    if isinstance(key, str) and key.split(":", 1)[0] == "exit":
+        raise ValueError(f"level key {key!r}: expected exit:D (the untrained exit) or exit:D:trained (the head "
+                         f"`hsd-fast train-exit MODEL --layer D` cached), with D an integer >= 1")
+    raise ValueError(f"level key {key!r}: unknown; expected one of {', '.join(LEVEL_KEYS[:3])}, exit:D, exit:D:trained "
+                     f"or target")
+
+
+def _check_keys(where: str, keys) -> None:
+    for key in keys:
+        try:
+            parse_exit_key(key)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -29,6 +56,9 @@ class RunSpec:
     thresholds: tuple[int, ...] = ()
     group: str = "single"  # "baseline", "single", "hierarchy", "int8", "auto" (SpeculativeDecoder(thresholds="auto"))
     plan: str | None = None  # the PlanSpec this run came from
+
+    def __post_init__(self):
+        _check_keys(f"run {self.name!r}", self.levels)
 
     @property
     def k(self) -> int | None:
@@ -64,6 +94,9 @@ class PlanSpec:
     through_any: tuple[str, ...] = ()
     through_all: bool = False
 
+    def __post_init__(self):
+        _check_keys(f"plan {self.name!r}", (*self.candidates, *self.through_any))
+
 
 @dataclass(frozen=True)
 class Suite:
@@ -97,14 +130,27 @@ def _single(draft: str, schemes=SCHEMES, ks=K_GRID) -> tuple[RunSpec, ...]:
     return tuple(RunSpec(f"{s} K={k}", "engine", (draft, "target"), s, (k,), "single") for s in schemes for k in ks)
 
 
-def _qwen_plans(exits: tuple[int, ...]) -> tuple[PlanSpec, ...]:
+def _qwen_plans(exits: tuple[int, ...], trained: tuple[int, ...] = ()) -> tuple[PlanSpec, ...]:
+    """The plans of a draft/target family with untrained exits ``exits`` and trained exits ``trained``
+    (``exit:D:trained``; the three trained-exit plans come last, one HiSpec and one self-speculation
+    plan per depth: their runs are skipped, with the train-exit command, when no head is cached)."""
     exit_keys = tuple(f"exit:{d}" for d in exits)
-    return (
+    trained_keys = tuple(f"exit:{d}:trained" for d in trained)
+    plans = (
         PlanSpec("hierarchy", ("ngram", "draft"), schemes=("tokenwise", "block")),
         PlanSpec("hierarchy 3-level", ("ngram", "draft"), through_all=True),
         PlanSpec("early-exit hierarchy", ("ngram", "draft", *exit_keys), through_any=exit_keys),
         PlanSpec("int8 draft", ("draft@int8",), schemes=("tokenwise", "block"), group="int8"),
         PlanSpec("int8 hierarchy", ("ngram", "draft@int8"), schemes=("tokenwise", "block"), group="int8"),
+    )
+    if not trained:
+        return plans
+    return plans + (
+        PlanSpec("trained-exit hierarchy", ("ngram", "draft", *trained_keys), through_any=trained_keys),
+        # HiSpec: draft -> trained exit of the target -> target (forced: all three levels)
+        *(PlanSpec(f"HiSpec {k}", ("draft", k), through_all=True) for k in trained_keys),
+        # self-speculation: trained exit -> target, no second model
+        *(PlanSpec(f"self-speculation {k}", (k,), through_all=True) for k in trained_keys),
     )
 
 
@@ -112,8 +158,7 @@ def default_suites() -> list[Suite]:
     """The full benchmark of docs/benchmarks.md (hours on a 2-core CPU)."""
     from .families import FAMILIES
 
-    exits = FAMILIES["qwen"].exits
-    plans = _qwen_plans(exits)
+    plans = _qwen_plans(FAMILIES["qwen"].exits, FAMILIES["qwen"].trained_exits)
     return [
         Suite("qwen-bf16-humaneval", "qwen", "bfloat16", "humaneval", 6, runs=_baselines() + _single("draft"), plans=plans),
         Suite("qwen-bf16-specbench", "qwen", "bfloat16", "spec_bench", 1,
@@ -144,7 +189,7 @@ def tiny_suites() -> list[Suite]:
     """Random tiny models, every kind of run and plan: the CI smoke test of the whole pipeline."""
     from .families import FAMILIES
 
-    plans = _qwen_plans(FAMILIES["tiny"].exits)
+    plans = _qwen_plans(FAMILIES["tiny"].exits, FAMILIES["tiny"].trained_exits)
     return [
         Suite("tiny-f64-humaneval", "tiny", "float64", "humaneval", 1, runs=_baselines(lookup=True) + _single("draft", ks=(2, 4)),
               plans=plans, calibration_prompts=1, calibration_tokens=12, max_threshold=4),

@@ -26,9 +26,11 @@ SUITE = "tiny-f64-humaneval"
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    rc = main(["bench", "--tiny", "--suites", SUITE, "--out", str(out), "--no-progress", "--threads", "1"])
-    assert rc == 0
-    return out
+    with pytest.MonkeyPatch.context() as mp:  # an empty cache: no trained heads, so those plans are skipped (and say why)
+        mp.setenv("HSD_CACHE", str(tmp_path_factory.mktemp("empty_cache")))
+        rc = main(["bench", "--tiny", "--suites", SUITE, "--out", str(out), "--no-progress", "--threads", "1"])
+        assert rc == 0
+        yield out
 
 
 def test_tiny_bench_writes_every_configuration(tiny_run):
@@ -48,6 +50,12 @@ def test_tiny_bench_writes_every_configuration(tiny_run):
     records = [json.loads(x) for x in (tiny_run / "work" / "runs.jsonl").read_text().splitlines()]
     assert len(records) == len({(r["temperature"], r["prompt_id"], r["run"]) for r in records}) == len(data["per_prompt"])
     assert "Targets" in md and ANALYSIS_BEGIN in md and ANALYSIS_END in md
+    # no head in the (empty) cache: the trained-exit plans are reported as not run, with how to train one
+    assert not any("trained" in n for n in names)
+    for plan in ("trained-exit hierarchy", "HiSpec exit:2:trained", "self-speculation exit:2:trained"):
+        assert f"- plan *{plan}*: not run (level key 'exit:2:trained': no trained exit head" in md
+    assert "TrainConfig(layer=2)" in md
+    assert "| exit:2 | not timed: 2/4 of the target's cost |" in md
 
 
 def test_tiny_bench_greedy_runs_reproduce_the_autoregressive_tokens(tiny_run):
@@ -104,6 +112,53 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["bench", "--tiny", "--max-new-tokens", "0", "--out", str(tmp_path)]) == 2
     assert main(["bench", "--tiny", "--report-only", "--out", str(tmp_path), "--work", str(tmp_path / "empty")]) == 2
     assert "no results" in capsys.readouterr().err
+
+
+def test_level_keys_accept_trained_exits_and_name_bad_ones():
+    from hsd_fast.bench.suites import default_suites, parse_exit_key
+
+    assert [parse_exit_key(k) for k in ("exit:14", "exit:14:trained", "exit:2:trained", "draft", "ngram", "draft@int8", "target")] == \
+        [(14, False), (14, True), (2, True), None, None, None, None]
+    for bad in ("exit:x:trained", "exit:3:foo", "exit:0", "exit:", "exit:3:trained:1", "exit:-1", "exit: 3"):
+        with pytest.raises(ValueError, match=f"level key '{bad}': expected exit:D .* or exit:D:trained"):
+            parse_exit_key(bad)
+    with pytest.raises(ValueError, match="level key 'draft2': unknown"):
+        parse_exit_key("draft2")
+    # malformed keys fail where the configuration is written, naming the run / plan and the key
+    with pytest.raises(ValueError, match="run 'x': level key 'exit:3:foo'"):
+        RunSpec("x", "engine", ("exit:3:foo", "target"), "tokenwise", (2,))
+    with pytest.raises(ValueError, match="plan 'p': level key 'exit:x:trained'"):
+        PlanSpec("p", ("draft", "exit:x:trained"), through_all=True)
+    assert RunSpec("x", "engine", ("exit:3:trained", "target"), "tokenwise", (2,)).describe() == "exit:3:trained [T=2] -> target, tokenwise"
+    # the Qwen 1.5B suite has the trained-exit variants (HiSpec, self-speculation); the SmolLM2 suites have no exits
+    plans = {p.name: p for s in default_suites() if s.name == "qwen-bf16-humaneval" for p in s.plans}
+    assert plans["HiSpec exit:14:trained"].candidates == ("draft", "exit:14:trained") and plans["HiSpec exit:14:trained"].through_all
+    assert plans["self-speculation exit:14:trained"].candidates == ("exit:14:trained",)
+    assert plans["trained-exit hierarchy"].through_any == ("exit:14:trained",)
+    assert not any("exit" in k for s in default_suites() if s.family == "smollm2" for p in s.plans for k in p.candidates)
+
+
+def test_trained_exit_is_priced_and_planned_like_an_exit():
+    """Priced as d/L of the target's curve (the head is not counted); the forced HiSpec and
+    self-speculation plans are the best thresholds of exactly those chains (a direct scan)."""
+    from hsd_ref.latency import fhierarchy_latency
+
+    costs = {"draft": {1: 0.3, 5: 0.32, 9: 0.35}, "target": {1: 1.0, 3: 1.0, 5: 1.02, 9: 1.1}}
+    acc = {("draft", "exit:14:trained"): 0.5, ("draft", "target"): 0.85, ("exit:14:trained", "target"): 0.3}
+    cal = Calibration(1.0, costs, acc, n_layers=28, heads={"exit:14:trained": "abc-L14-linear-def"})
+    curves = cal.curves(["exit:14", "exit:14:trained", "target"])
+    for m in (1, 5, 9):
+        assert float(curves["exit:14:trained"](m)) == float(curves["exit:14"](m))
+    assert Calibration.from_dict(json.loads(json.dumps(cal.as_dict()))).heads == {"exit:14:trained": "abc-L14-linear-def"}
+    for spec, chain in ((PlanSpec("HiSpec", ("draft", "exit:14:trained"), through_all=True), ["draft", "exit:14:trained", "target"]),
+                        (PlanSpec("self", ("exit:14:trained",), through_all=True), ["exit:14:trained", "target"])):
+        runs, info = make_plan(spec, cal, 4)
+        assert info["chain"] == chain and runs[0].levels == tuple(chain)
+        cs = cal.curves(chain)
+        law = [acc[(a, b)] for a, b in zip(chain, chain[1:])]
+        grid = [(a,) for a in range(1, 5)] if len(chain) == 2 else [(a, b) for a in range(1, 5) for b in range(1, 5)]
+        lat = {t: fhierarchy_latency([cs[c] for c in chain], law, list(t)) for t in grid}
+        assert tuple(info["thresholds"]) == min(lat, key=lat.get)
 
 
 def test_greedy_configurations_are_run_once():

@@ -361,3 +361,146 @@ def test_block_head_trains_loads_and_is_refused_by_the_engine(tmp_path):
     assert head.block.mlp.down_proj.weight.shape == last.shape and not torch.equal(head.block.mlp.down_proj.weight, last)
     with pytest.raises(ValueError, match="linear exit heads only"):
         SpeculativeDecoder([EarlyExit(target, 1, head=folder), target])
+
+
+# ############################################################ hsd-fast bench and hsd-fast models with trained heads
+
+
+def _tiny_bench_models():
+    from hsd_fast.bench.families import get_family
+
+    return get_family("tiny").load(F64, torch.device("cpu"))
+
+
+def _only_head(folder, root, monkeypatch):
+    """A cache (also $HSD_CACHE) holding a copy of ``folder`` alone: the head that ``exit:2:trained``
+    finds (other tests of this module add newer, weaker heads to the module's cache)."""
+    import shutil
+
+    copy_ = root / "exits" / folder.parent.name / folder.name
+    shutil.copytree(folder, copy_)
+    monkeypatch.setenv("HSD_CACHE", str(root))
+    return copy_
+
+
+def test_bench_calibration_of_a_trained_exit_matches_a_hand_computation(trained, tmp_path, monkeypatch):
+    """``exit:2:trained`` in the bench: level, cost and acceptance.  Oracle: E[min(p, q)] along the
+    target's own (seeded) continuation, with the exit's law recomputed by hand from the head file."""
+    from hsd_fast.bench.calibrate import calibrate
+
+    _, target, tok, folder = trained
+    folder = _only_head(folder, tmp_path / "cache", monkeypatch)
+    models = _tiny_bench_models()
+    assert model_sha256(models.target) == model_sha256(target)  # the bench's tiny target is this module's
+    spec = models.level("exit:2:trained")
+    assert isinstance(spec, EarlyExit) and spec.layers == LAYER and models.trained_head(LAYER)[0] == folder
+    assert torch.equal(spec.head.weight.detach(), load_file(str(folder / "head.safetensors"))["weight"])
+    assert models.level("exit:2").head is None
+    ids = ids_of(tok, PROMPTS[0])
+    calib = calibrate(models, ["exit:2", "exit:2:trained", "target"], [ids], 1.0, new_tokens=8, positions=(1, 2), reps=1)
+    assert calib.heads == {"exit:2:trained": folder.name} and set(calib.costs) == {"target"}
+    y = SpeculativeDecoder([target], temperature=1.0, eos_token_id=None).generate([ids], max_new_tokens=8, seeds=[0]).tokens[0]
+    seq = ids + y
+    rows = slice(len(ids) - 1, len(seq) - 1)  # the laws of y_1 .. y_n
+    with torch.no_grad():
+        out = target(torch.tensor([seq]), output_hidden_states=True)
+        p = out.logits[0, rows].softmax(-1)
+        untrained = target.lm_head(target.model.norm(out.hidden_states[LAYER][0]))[rows].softmax(-1)
+    trained_q = reference_exit_logits(target, folder, seq)[rows].softmax(-1)
+    want = {"exit:2:trained": float(torch.minimum(trained_q, p).sum(-1).mean()),
+            "exit:2": float(torch.minimum(untrained, p).sum(-1).mean())}
+    for key, value in want.items():
+        assert calib.acceptance[(key, "target")] == pytest.approx(value, abs=1e-9)
+    assert abs(want["exit:2:trained"] - want["exit:2"]) > 0.01  # the head is really applied
+    assert calib.acceptance[("exit:2", "exit:2:trained")] == pytest.approx(float(torch.minimum(untrained, trained_q).sum(-1).mean()), abs=1e-9)
+    curves = calib.curves(["exit:2", "exit:2:trained"])
+    assert float(curves["exit:2:trained"](1)) == float(curves["exit:2"](1))
+
+
+def test_bench_runs_trained_exit_configurations_and_skips_them_without_a_head(trained, tmp_path, monkeypatch):
+    """A one-prompt tiny suite with a fixed self-speculation run and a HiSpec plan: run with the cached
+    head (each record names it); with an empty cache both are skipped, saying how to train the head;
+    a corrupt head stops the benchmark; a Qwen family names the exact ``hsd-fast train-exit`` command."""
+    from hsd_fast.bench.families import Family, LevelUnavailable, Models
+    from hsd_fast.bench.runner import Settings, run_suites
+    from hsd_fast.bench.suites import PlanSpec, RunSpec, Suite
+
+    _, target, tok, folder = trained
+    folder = _only_head(folder, tmp_path / "cache", monkeypatch)
+    suite = Suite("tiny-trained", "tiny", "float64", "humaneval", 1, temperatures=(1.0,), calibration_prompts=1,
+                  calibration_tokens=8, max_threshold=2,
+                  runs=(RunSpec("autoregressive", "engine", group="baseline"),
+                        RunSpec("self-spec K=2", "engine", ("exit:2:trained", "target"), "tokenwise", (2,))),
+                  plans=(PlanSpec("HiSpec", ("draft", "exit:2:trained"), through_all=True),))
+
+    def bench(work):
+        logs = []
+        records = run_suites([suite], Settings(work=work, max_new_tokens=6, threads=1, progress=False, log=logs.append))
+        return records, json.loads((work / "calibration.json").read_text())["tiny-trained@1.0"], "\n".join(logs)
+
+    records, calib, log = bench(tmp_path / "with")
+    assert {r["run"] for r in records} == {"autoregressive", "self-spec K=2", "HiSpec (tokenwise)"}
+    for r in records:
+        if r["run"] != "autoregressive":
+            assert r["heads"] == {"exit:2:trained": folder.name}
+            assert any(lv["name"].endswith(f"[:{LAYER}]+linear") for lv in r["metrics"]["levels"])
+    assert calib["plans"]["HiSpec"]["chain"] == ["draft", "exit:2:trained", "target"]
+    assert calib["heads"] == {"exit:2:trained": folder.name} and folder.name in log
+
+    monkeypatch.setenv("HSD_CACHE", str(tmp_path / "empty"))
+    records, calib, log = bench(tmp_path / "without")
+    assert {r["run"] for r in records} == {"autoregressive"}
+    assert calib["plans"]["HiSpec"]["chain"] is None and "no trained exit head" in calib["plans"]["HiSpec"]["reason"]
+    assert "skipping the runs and plans with exit:2:trained" in log and "TrainConfig(layer=2)" in log
+
+    qwen_like = Models(Family("q", "qwen2.5-coder-1.5b", None), target, tok, None, None, ())
+    with pytest.raises(LevelUnavailable, match="`hsd-fast train-exit qwen2.5-coder-1.5b --layer 2`"):
+        qwen_like.level("exit:2:trained")
+    with pytest.raises(ValueError, match="4 layers; an exit needs 1 <= D < 4"):
+        qwen_like.level("exit:4:trained")
+    with pytest.raises(ValueError, match="level key 'exit:2:foo'"):
+        qwen_like.level("exit:2:foo")
+
+    import shutil
+
+    bad = tmp_path / "bad" / "exits" / folder.parent.name / folder.name
+    shutil.copytree(folder, bad)
+    data = bytearray((bad / "head.safetensors").read_bytes())
+    data[-1] ^= 1
+    (bad / "head.safetensors").write_bytes(bytes(data))
+    monkeypatch.setenv("HSD_CACHE", str(tmp_path / "bad"))
+    with pytest.raises(CorruptCacheError, match="head.safetensors"):
+        bench(tmp_path / "corrupt")
+
+
+def test_models_verify_and_list_cover_the_trained_heads(trained, tmp_path, capsys):
+    """``hsd-fast models verify all`` re-hashes every head (OK / CORRUPT naming the file, exit status 2),
+    ``models list`` lists them; a cache copy, so the module's heads stay intact."""
+    import shutil
+
+    from hsd_fast.cli import main
+
+    _, target, _, folder = trained
+    copy_ = tmp_path / "exits" / folder.parent.name / folder.name
+    shutil.copytree(folder, copy_)
+    meta = json.loads((folder / "head.json").read_text())
+    cache = ["--cache-dir", str(tmp_path)]
+    assert main(["models", "list", *cache]) == 0
+    out = capsys.readouterr().out
+    assert "trained exit heads" in out and str(copy_) in out and meta["train_hash"][:16] in out
+    assert main(["models", "verify", "all", *cache]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("exit head"))
+    assert line == (f"exit head {folder.parent.name} layer {LAYER} linear (model sha256 {model_sha256(target)[:16]}, "
+                    f"training hash {meta['train_hash'][:16]}): OK")
+    data = bytearray((copy_ / "head.safetensors").read_bytes())
+    data[len(data) // 2] ^= 1  # one byte of the head's weights, same size
+    (copy_ / "head.safetensors").write_bytes(bytes(data))
+    assert main(["models", "verify", "all", *cache]) == 2
+    out, err = capsys.readouterr()
+    assert ": CORRUPT: " in out and "head.safetensors has sha256" in out
+    assert "hsd-fast models: error: 1 corrupt:" in err and "head.safetensors" in err and "hsd-fast train-exit" in err
+    (copy_ / "head.json").write_text("{")  # an unreadable head.json is listed and reported too (manifest facts)
+    assert main(["models", "list", *cache]) == 0 and str(copy_) in capsys.readouterr().out
+    assert main(["models", "verify", "all", *cache]) == 2
+    assert "head.json" in capsys.readouterr().err
