@@ -29,6 +29,8 @@ proofs/coq/Block.v ``block_lossless``) composed by hsd_ref.schemes.hierarchy's s
 
 from __future__ import annotations
 
+import inspect
+
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -37,6 +39,7 @@ import torch
 
 from ..warp import Warp
 from . import step
+from .stopping import check_stop_rule
 from .config import ENGINE_SCHEMES, as_int, as_int_list, as_prompt_list, default_thresholds, is_int_like, parse_device, parse_dtype, parse_probs_dtype, parse_schemes, parse_seeds, parse_thresholds
 from .levels import ModelLevel, level_name
 from .metrics import LevelMetrics, Metrics
@@ -55,10 +58,18 @@ def _default_verify():
     would only add a device synchronisation."""
     from ..kernels import verify
 
-    def run(scheme, target_probs, draft_probs, draft_tokens, *, draws):
-        return verify(scheme, target_probs, draft_probs, draft_tokens, draws=draws, validate=False)
+    def run(scheme, target_probs, draft_probs, draft_tokens, *, draws, draft_lens=None):
+        return verify(scheme, target_probs, draft_probs, draft_tokens, draws=draws, validate=False, draft_lens=draft_lens)
 
     return run
+
+
+def _takes_draft_lens(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True  # a builtin or C callable: let the call decide
+    return any(p.name == "draft_lens" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _widen(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -214,6 +225,10 @@ class SpeculativeDecoder:
     synchronisation around each, so only when asked for).  Call counts are always recorded.
     ``compile``: run the cached models' layers through ``torch.compile`` (docs/engine.md, "Compiled
     layers"; the first calls compile).
+    ``draft_stop``: adaptive draft length at levels[0] (:mod:`hsd_fast.engine.stopping`): a
+    ``StopRule`` (``ConfidenceStop``, ``RandomisedStop``, ``LearnedConfidenceStop``) or a float, the
+    threshold of a ``ConfidenceStop``; ``T_0`` is then the maximum length.  Lossless for every scheme
+    (a stopping time; proofs/coq/Adaptive.v); verified with ragged drafts.
     ``probs_dtype``: the dtype of every probability row (``"float32"``, the default, or ``"float64"``);
     the kernels accumulate cumulative sums and residual masses in float64 either way (docs/engine.md).
     """
@@ -241,6 +256,7 @@ class SpeculativeDecoder:
         timing: bool = False,
         probs_dtype: str | torch.dtype = "float32",
         compile: bool = False,
+        draft_stop: object = None,
     ):
         dtype, device, probs_dtype = parse_dtype(dtype), parse_device(device), parse_probs_dtype(probs_dtype)
         if not isinstance(compile, bool):
@@ -281,6 +297,14 @@ class SpeculativeDecoder:
         self.timing = timing or self.auto
         self._names = [f"L{i}:{level_name(lvl)}" for i, lvl in enumerate(self.levels)]  # plans and metrics name levels so
         self.planner = AutoPlanner(self._names, [getattr(lvl, "kind", None) == "drafter" for lvl in self.levels], self.thresholds) if self.auto else None
+        self.draft_stop = check_stop_rule(draft_stop)
+        if self.draft_stop is not None:
+            if n == 0 or getattr(self.levels[0], "kind", None) == "drafter":
+                raise ValueError("draft_stop: needs a draft model at levels[0] (a model-free drafter proposes its block at once, and the target alone drafts nothing)")
+            if self.auto:
+                raise ValueError("draft_stop: not combined with thresholds='auto' (a plan may drop levels[0]); pass thresholds")
+            if verify_fn is not None and not _takes_draft_lens(verify_fn):
+                raise ValueError("verify_fn: with draft_stop it is called with draft_lens= (ragged drafts, like hsd_fast.verify); this one does not take it")
         self._running = False
 
     # ------------------------------------------------------------------ configuration helpers
@@ -449,6 +473,8 @@ class SpeculativeDecoder:
         dev, B = self.device, len(ids)
         t0 = time.perf_counter()
         plan, probe_s = self._plan(ids)
+        if self.draft_stop is not None:
+            self.draft_stop.reset()  # a learned rule starts afresh: a call's output depends on its own past only
         run = CallState(self, torch.tensor(seeds, dtype=torch.int64, device=dev), self.timing, plan)
         for be in self._backends():  # every level's: frees the caches of levels this plan leaves out
             be.reset()

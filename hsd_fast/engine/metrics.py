@@ -232,18 +232,21 @@ class Tally:
     def autoregressive(self, active: torch.Tensor) -> None:
         self.counts[0, 0] += active.sum()
 
-    def record(self, level: int, target_probs, draft_probs, draft_tokens, num_accepted, active) -> None:
+    def record(self, level: int, target_probs, draft_probs, draft_tokens, num_accepted, active, draft_lens=None) -> None:
         """One verification by ``level``: target_probs [B, T+1, V], draft_probs [B, T, V], draft_tokens
-        [B, T], num_accepted [B], active [B] bool (only active rows count)."""
+        [B, T], num_accepted [B], active [B] bool (only active rows count); ``draft_lens`` [B] for a
+        ragged (adaptive) draft, whose row ``b`` drafted ``draft_lens[b] <= T`` tokens."""
         T = draft_probs.shape[1]
         a = active.to(torch.int64)
-        tested = (torch.arange(T, device=a.device)[None, :] <= num_accepted[:, None]) & active[:, None]  # [B, T]
+        lens = torch.full_like(num_accepted, T) if draft_lens is None else draft_lens
+        cols = torch.arange(T, device=a.device)[None, :]
+        tested = (cols <= num_accepted[:, None]) & (cols < lens[:, None]) & active[:, None]  # [B, T]
         if self.drafter[level - 1]:  # a drafter's point masses: sum_v min(p, q) = p(proposal)
             overlap = target_probs[:, :T].gather(-1, draft_tokens[..., None])[..., 0]  # [B, T]
         else:
             overlap = torch.minimum(target_probs[:, :T], draft_probs).sum(-1)  # [B, T]; a metric: the row dtype's sum
         rounds = a.sum()
-        self.counts[level] += torch.stack([rounds, rounds * T, (num_accepted * a).sum(), ((num_accepted < T).to(torch.int64) * a).sum(), tested.sum()])
+        self.counts[level] += torch.stack([rounds, (lens * a).sum(), (num_accepted * a).sum(), ((num_accepted < lens).to(torch.int64) * a).sum(), tested.sum()])
         self.minpq[level] += (overlap * tested).sum()
         self.hist[level].scatter_add_(0, num_accepted, a)
 

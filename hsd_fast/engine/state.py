@@ -58,6 +58,7 @@ class CallState:
         self.dtype = dec.warp.dtype  # every probability row of the call: [B, n, V] of this dtype
         self.row_tol = ROW_SUM_TOL[self.dtype]  # a probability row must sum to 1 within this
         self.drafter_at_bottom = self.n > 0 and getattr(self.levels[0], "kind", None) == "drafter"
+        self.stop_rule = dec.draft_stop  # levels[0]'s stopping rule (hsd_fast.engine.stopping) or None
         self.keys = row_keys(seeds)  # [B]
         self.counters = torch.zeros_like(seeds)  # [B] uniforms used by each row
         self.bad = torch.zeros(len(self.levels), dtype=torch.bool, device=seeds.device)  # a level gave bad rows
@@ -109,15 +110,21 @@ class CallState:
     def append(self, seq, lens, engine_tokens) -> torch.Tensor:
         return append(seq, lens, self.vocab.to_model(engine_tokens))
 
-    def verify(self, level: int, target_probs, draft_probs, draft_tokens, draws):
+    def verify(self, level: int, target_probs, draft_probs, draft_tokens, draws, draft_lens=None):
         scheme = self.schemes[level - 1]
         t0 = self._clock()
-        out = self.dec.verify_fn(scheme, target_probs, draft_probs, draft_tokens, draws=draws[:, : draws_needed(scheme, draft_tokens.shape[1])])
+        ragged = {} if draft_lens is None else {"draft_lens": draft_lens}  # only adaptive drafts: custom verify_fns need not take it
+        out = self.dec.verify_fn(scheme, target_probs, draft_probs, draft_tokens, draws=draws[:, : draws_needed(scheme, draft_tokens.shape[1])], **ragged)
         self.tally.verified(level, self._clock() - t0)
         return out[0].to(torch.int64), out[1].to(torch.int64)
 
-    def record(self, level: int, target_probs, draft_probs, draft_tokens, num_accepted, active) -> None:
-        self.tally.record(level, target_probs, draft_probs, draft_tokens, num_accepted, active)
+    def record(self, level: int, target_probs, draft_probs, draft_tokens, num_accepted, active, draft_lens=None) -> None:
+        self.tally.record(level, target_probs, draft_probs, draft_tokens, num_accepted, active, draft_lens)
+        if draft_lens is not None and level == 1:  # what the stopping rule may learn from: this round's tested tokens
+            cols = torch.arange(draft_tokens.shape[1], device=num_accepted.device)[None, :]
+            tested = (cols <= num_accepted[:, None]) & (cols < draft_lens[:, None]) & active[:, None]
+            conf = draft_probs.gather(-1, draft_tokens.clamp(min=0)[..., None])[..., 0]
+            self.stop_rule.observe(conf[tested], (cols < num_accepted[:, None])[tested])
 
     def record_autoregressive(self, active) -> None:
         self.tally.autoregressive(active)
