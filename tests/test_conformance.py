@@ -21,18 +21,18 @@ NO_KERNEL = {
     "models (k - tau - 1 extra sequential calls); its verify takes the models, not probability rows",
     "hierarchy": "a cascade of models, each level verified by a single-draft kernel (tokenwise, block, ...); "
     "the hsd_fast engine composes them, there is no one-call kernel",
-    **{
-        name: "adaptive length: the fast twin is the ragged-K kernels driven by the engine's stopping rule "
-        "(issue 15, not built yet)"
-        for name in ("adaptive_tokenwise", "adaptive_block", "adaptive_hsd_capped")
-    },
 }
+# lossless schemes whose fast twin is the engine driving another scheme's kernel, with how: the
+# adaptive schemes are the engine's draft_stop (hsd_fast.engine.stopping) verified by the base
+# scheme's kernel with ragged drafts (verify(..., draft_lens=)), in the fidelity run's
+# "adaptive" level kind and draw for draw in tests/fast/test_engine_adaptive.py
+ENGINE_TWINS = {f"adaptive_{base}": (base, "adaptive") for base in ("tokenwise", "block", "hsd_capped")}
 # lossy controls the fidelity run does not sample, with the reason
 NO_FIDELITY_CONTROL = {
     "hierarchy_resample_middle": "a model stack, not a verification kernel; caught exactly by the audit and tests/ref/test_hierarchy.py",
     **{
-        name: "its defect is in the drafting loop (the stopping rule), which the fast engine does not run yet "
-        "(issue 15); caught exactly by the audit and tests/ref/test_adaptive.py"
+        name: "its defect is in the drafting loop (discarding the trigger, or a stop coin shared with the verifier), "
+        "which the engine's draft_stop cannot express by design; caught exactly by the audit and tests/ref/test_adaptive.py"
         for name in ("adaptive_tokenwise_drop_trigger", "adaptive_block_drop_trigger", "adaptive_block_shared_coin")
     },
 }
@@ -65,6 +65,21 @@ def test_every_lossless_scheme_has_a_fast_twin_and_a_statistical_test(name):
     if name in NO_KERNEL:
         assert name not in KERNELS, f"{name} now has a kernel: remove its exemption"
         pytest.skip(f"{name}: {NO_KERNEL[name]}")
+    if name in ENGINE_TWINS:
+        import torch
+
+        from hsd_fast.engine import ENGINE_SCHEMES
+        from hsd_fast.fidelity import cells
+        from hsd_fast.kernels import verify
+
+        base, kind = ENGINE_TWINS[name]
+        assert base in KERNELS and base in ENGINE_SCHEMES and kind in cells.LEVEL_KINDS, name
+        assert cells.build(base, kind).decoder().draft_stop is not None, f"{name}: the {kind!r} cells run no stopping rule"
+        # the base kernel verifies ragged drafts (a length-0 row emits from the target row alone)
+        out = verify(base, torch.tensor([[[0.0, 1.0], [0.5, 0.5]]]), torch.tensor([[[0.5, 0.5]]]), torch.tensor([[-1]]),
+                     draws=torch.tensor([[0.9, 0.1]], dtype=torch.float64), draft_lens=torch.tensor([0]))
+        assert out.tokens.tolist() == [[1, -1]], f"{name}: {base}'s kernel does not verify ragged drafts"
+        return
     assert name in KERNELS, f"{name}: no hsd_fast kernel"
     assert name in LOSSLESS_SCHEMES, f"{name}: not in the fidelity run"
 
@@ -81,7 +96,7 @@ def test_every_lossy_control_is_a_power_check_of_the_fidelity_run(name):
 def test_exemptions_name_registered_schemes_and_every_kernel_has_an_exact_twin():
     from hsd_fast.kernels import KERNELS
 
-    assert set(NO_KERNEL) <= set(SCHEMES) and set(NO_FIDELITY_CONTROL) <= set(SCHEMES)
+    assert set(NO_KERNEL) <= set(SCHEMES) and set(NO_FIDELITY_CONTROL) <= set(SCHEMES) and set(ENGINE_TWINS) <= set(SCHEMES)
     assert set(KERNELS) <= {n for n, s in SCHEMES.items() if s.lossless}
 
 

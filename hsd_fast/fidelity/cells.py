@@ -16,6 +16,9 @@ whatever the scheme and the levels (the argmax law for greedy).  Level kinds:
 ``restricted``   n-gram -> draft -> target with ``allowed_ids`` (proposals outside it: the sink)
 ``warps``        draft -> target at temperature 1/2 with top-k 2 and top-p 0.7071
 ``batch``        ragged prompts in one batch, EOS id 2: rows retire at EOS and at the length cut
+``adaptive``     a draft model with a stopping rule and the target: ``draft_stop=RandomisedStop(1/2,
+                 1/4)`` (stop with chance ``(1 - q_t(x_t)) / 2`` after a token, ``1/4`` before any;
+                 at most ``T = 3``), the fast twin of hsd_ref's ``adaptive_<scheme>``
 ===============  ==============================================================================
 
 :func:`build` returns everything a test needs for a cell: the decoder's arguments, the prompts, the
@@ -44,7 +47,9 @@ from ..engine.tables import TableModel
 __all__ = ["ENGINE_SCHEMES", "LEVEL_KINDS", "DEFAULT_INSTANCE", "Instance", "Setup", "build", "encode_rows", "exact_law", "law_codes", "sample_cell"]
 
 ENGINE_SCHEMES = _ENGINE_SCHEMES  # every scheme the engine runs
-LEVEL_KINDS = ("draft", "ngram", "middle3", "middle4", "early_exit", "restricted", "warps", "batch")
+LEVEL_KINDS = ("draft", "ngram", "middle3", "middle4", "early_exit", "restricted", "warps", "batch", "adaptive")
+# the adaptive kind's stopping rule: (scale, at_start) of RandomisedStop, engine and hsd_ref alike
+ADAPTIVE_RULE = (Fraction(1, 2), Fraction(1, 4))
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,8 @@ class Setup:
     eos: tuple[int, ...] = ()
     vocab_size: int = 3
     thresholds: tuple[int, ...] = field(default=())
+    stop_rule: object = None  # the adaptive kind: hsd_ref's twin of the engine's draft_stop
+
 
     def prompts_for(self, n_rows: int) -> list[list[int]]:
         return [list(self.prompts[b % len(self.prompts)]) for b in range(n_rows)]
@@ -119,7 +126,8 @@ def build(scheme: str, kind: str, inst: Instance = DEFAULT_INSTANCE) -> Setup:
         warp["allowed_ids"] = tuple(v for v in range(V) if v != 1)
     per_level = lambda n: [scheme] * n  # noqa: E731
     prompts, eos = [inst.prompt], ()
-    if kind in ("draft", "warps", "batch"):
+    stop = None
+    if kind in ("draft", "warps", "batch", "adaptive"):
         levels, exact, schemes, th = [D, T], [d, t], per_level(1), (3,)
         if kind == "batch":
             prompts, eos = [inst.prompt, (1, 2), (2,)], (2,)
@@ -136,8 +144,15 @@ def build(scheme: str, kind: str, inst: Instance = DEFAULT_INSTANCE) -> Setup:
         levels, exact, schemes, th = ["ngram", D, T], [None, d, t], per_level(2), (2, 3)
     float_warp = {k: (float(v) if k in ("temperature", "top_p") else v) for k, v in warp.items()}
     kwargs = dict(scheme=schemes, thresholds=th, eos_token_id=list(eos) if eos else None, **float_warp)
+    if kind == "adaptive":
+        from hsd_ref.schemes.adaptive import RandomisedStop as ExactRandomisedStop
+
+        from ..engine.stopping import RandomisedStop
+
+        kwargs["draft_stop"] = RandomisedStop(*map(float, ADAPTIVE_RULE))
+        stop = ExactRandomisedStop(*ADAPTIVE_RULE)
     exact = [None if lm is None else warped_model(lm, **warp) for lm in exact]
-    return Setup(scheme, kind, levels, kwargs, exact, warp, prompts, inst.n_tokens, eos, V, thresholds=th)
+    return Setup(scheme, kind, levels, kwargs, exact, warp, prompts, inst.n_tokens, eos, V, thresholds=th, stop_rule=stop)
 
 
 def _cut(seq: tuple[int, ...], eos: Sequence[int]) -> tuple[int, ...]:

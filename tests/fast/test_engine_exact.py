@@ -30,6 +30,7 @@ from hsd_fast.fidelity import cells as C
 from hsd_ref import TableLM
 from hsd_ref.exact import one_hot, sample_index
 from hsd_ref.registry import get_scheme
+from hsd_ref.schemes.adaptive import AdaptiveLength
 from hsd_ref.schemes.hierarchy import Hierarchy
 from hsd_ref.warp import warped_model
 
@@ -68,6 +69,16 @@ def reference_tokens(exact, schemes, thresholds, prompt, seed, n, eos=()):
             return out[: i + 1]
     return out
 
+def adaptive_reference(exact, scheme, rule, k, prompt, seed, n):
+    """hsd_ref's stream for one row of a two-level stack whose draft length is a stopping time
+    (``AdaptiveLength``, greedy as token-wise on the argmax models' point masses), cut at n."""
+    ad = AdaptiveLength(get_scheme("tokenwise" if scheme == "greedy" else scheme), rule)
+    rng, out = Replay(seed), ()
+    while len(out) < n:
+        u = [rng.random() for _ in range(ad.iteration_draws(k))]
+        out += ad.sample_iteration(exact[-1], exact[0], tuple(prompt) + out, k, u).result.tokens
+    return list(out[:n])
+
 @pytest.mark.parametrize("kind", C.LEVEL_KINDS)
 @pytest.mark.parametrize("scheme", ENGINE_SCHEMES)
 def test_every_fidelity_cell_equals_hsd_ref_draw_for_draw(scheme, kind):
@@ -81,7 +92,10 @@ def test_every_fidelity_cell_equals_hsd_ref_draw_for_draw(scheme, kind):
     prompts = setup.prompts_for(n_rows)
     res = dec.generate(prompts, max_new_tokens=setup.n_tokens, seeds=seeds)
     for b in range(n_rows):
-        want = reference_tokens(exact, dec.schemes, th, prompts[b], seeds[b], setup.n_tokens, setup.eos)
+        if setup.stop_rule is not None:  # the adaptive kind: hsd_ref.schemes.adaptive's iteration
+            want = adaptive_reference(exact, dec.schemes[0], setup.stop_rule, th[0], prompts[b], seeds[b], setup.n_tokens)
+        else:
+            want = reference_tokens(exact, dec.schemes, th, prompts[b], seeds[b], setup.n_tokens, setup.eos)
         assert res.tokens[b] == want, (b, prompts[b])
         assert res.finish_reasons[b] == ("eos" if want and want[-1] in setup.eos else "length")
 
