@@ -44,6 +44,7 @@ from .config import ENGINE_SCHEMES, as_int, as_int_list, as_prompt_list, default
 from .levels import ModelLevel, level_name
 from .metrics import LevelMetrics, Metrics
 from .plan import AutoPlanner, Plan, probe
+from .replan import Replanner
 from .specs import resolve_levels
 from .state import CallState
 from ..rng import MAX_SEED
@@ -229,6 +230,9 @@ class SpeculativeDecoder:
     ``StopRule`` (``ConfidenceStop``, ``RandomisedStop``, ``LearnedConfidenceStop``) or a float, the
     threshold of a ``ConfidenceStop``; ``T_0`` is then the maximum length.  Lossless for every scheme
     (a stopping time; proofs/coq/Adaptive.v); verified with ragged drafts.
+    ``replan_every``: with ``thresholds="auto"``, re-fit the call's thresholds every ``N`` target
+    iterations from everything measured so far, earlier calls and this one (:mod:`hsd_fast.engine.replan`;
+    the chain stays the call's; lossless: a plan depends on past iterations only).  ``None``: once per call.
     ``probs_dtype``: the dtype of every probability row (``"float32"``, the default, or ``"float64"``);
     the kernels accumulate cumulative sums and residual masses in float64 either way (docs/engine.md).
     """
@@ -257,6 +261,7 @@ class SpeculativeDecoder:
         probs_dtype: str | torch.dtype = "float32",
         compile: bool = False,
         draft_stop: object = None,
+        replan_every: int | None = None,
     ):
         dtype, device, probs_dtype = parse_dtype(dtype), parse_device(device), parse_probs_dtype(probs_dtype)
         if not isinstance(compile, bool):
@@ -305,6 +310,9 @@ class SpeculativeDecoder:
                 raise ValueError("draft_stop: not combined with thresholds='auto' (a plan may drop levels[0]); pass thresholds")
             if verify_fn is not None and not _takes_draft_lens(verify_fn):
                 raise ValueError("verify_fn: with draft_stop it is called with draft_lens= (ragged drafts, like hsd_fast.verify); this one does not take it")
+        self.replan_every = None if replan_every is None else as_int(replan_every, "replan_every", 1)
+        if self.replan_every is not None and not self.auto:
+            raise ValueError("replan_every: re-plans the thresholds of thresholds='auto'; pass thresholds='auto' or leave replan_every=None")
         self._running = False
 
     # ------------------------------------------------------------------ configuration helpers
@@ -483,6 +491,8 @@ class SpeculativeDecoder:
         eos = torch.tensor(self.eos_ids, dtype=torch.int64, device=dev) if self.eos_ids else None
         metrics = self._metrics(run)
         metrics.timed, metrics.plan, metrics.probe_s = self.timing, plan.describe(self._names), probe_s
+        metrics.plans = [(0, plan.chain, plan.thresholds)]
+        replan = Replanner(self, run, rows, B, self.replan_every, metrics.plans) if self.replan_every else None
         self._prefill(ids, backends)
         history: list[list[int]] = [[] for _ in range(B)]  # each row's tokens on the host (stop rules only)
         if dev.type == "cuda":
@@ -510,6 +520,8 @@ class SpeculativeDecoder:
                     run.keep(live)
                     for be in backends:
                         be.select_rows(live)
+            if replan is not None:  # between iterations, from past iterations only
+                replan.after_iteration()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         metrics.wall_time_s = time.perf_counter() - t0

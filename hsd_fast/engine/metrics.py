@@ -97,6 +97,9 @@ class Metrics:
     probe_s: float = 0.0  # cost probes of thresholds="auto" before the call's plan (part of wall_time_s; once per batch size)
     timed: bool = False  # level calls and verifications were timed (SpeculativeDecoder(timing=True))
     plan: str = ""  # the levels and thresholds this call ran (SpeculativeDecoder(thresholds="auto") chooses them per call)
+    # every plan the call ran: (first target iteration, chain of decoder level indices, thresholds), in
+    # order; more than one only with SpeculativeDecoder(thresholds="auto", replan_every=N)
+    plans: list = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -137,6 +140,7 @@ class Metrics:
             "decode_s": self.decode_s,
             "timed": self.timed,
             "plan": self.plan,
+            "plans": [[it, list(chain), list(ths)] for it, chain, ths in self.plans],
             "verify_s": self.verify_s,
             "other_s": self.other_s,
             "levels": [lv.as_dict() for lv in self.levels],
@@ -178,6 +182,8 @@ class Metrics:
         ]
         if self.plan:
             lines.append(f"  plan: {self.plan}")
+        if len(self.plans) > 1:
+            lines.append("  re-planned: " + ", ".join(f"T={list(ths)} from iteration {it}" for it, _, ths in self.plans))
         for i, lv in enumerate(self.levels):
             s = f"  L{i} {lv.kind:7s} {lv.name}"
             if lv.threshold is not None:

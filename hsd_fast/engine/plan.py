@@ -25,6 +25,10 @@ measured itself (:class:`AutoPlanner`):
   each batch size, each of the two runs once (the model's plan first), and from then on the one with
   the higher decode rate so far (tokens per second of decoding, over past calls at that size) runs.
 
+With ``replan_every=N`` the thresholds of a running call's chain are re-fitted every ``N`` iterations
+from the call's measurements so far (:meth:`AutoPlanner.with_call`, :meth:`AutoPlanner.thresholds_for`;
+:mod:`hsd_fast.engine.replan`).
+
 Early exits sharing a backend are probed with distinct tokens, so their measured costs do not
 credit the sharing (the plan is then conservative about hierarchies with exits).
 
@@ -105,12 +109,9 @@ class AutoPlanner:
         n = len(self.names)
         return n > 1 and any(sum(self.counts.get((i, i + 1), (0, 0))) == 0 for i in range(n - 1))
 
-    def plan(self, B: int) -> Plan:
-        from hsd_ref.optimize import optimal_hierarchy
-
-        n = len(self.names)
-        if n == 1 or self.exploring():
-            return self.default
+    def _inputs(self, B: int):
+        """``(costs, acceptance)`` for ``optimal_hierarchy(self.names, ...)`` at ``B`` rows, or ``None``
+        where some level has no cost point yet."""
         costs = {}
         for i, name in enumerate(self.names):
             pts = {t: s / c for t, (c, s) in self.costs[i].items() if c}
@@ -118,10 +119,19 @@ class AutoPlanner:
                 near = min(pts, key=lambda t: abs(t - B)) if pts else None
                 pts = {1: pts[near] if near is not None else 0.0}
             if not pts:
-                return self.default
+                return None
             costs[name] = pts
         acceptance = {(self.names[a], self.names[b]): acc / (acc + rej) for (a, b), (acc, rej) in self.counts.items() if acc + rej}
-        hp = optimal_hierarchy(self.names, costs, acceptance, max_threshold=self.max_threshold, exact=False, batch=B)
+        return costs, acceptance
+
+    def plan(self, B: int) -> Plan:
+        from hsd_ref.optimize import optimal_hierarchy
+
+        n = len(self.names)
+        inputs = None if n == 1 or self.exploring() else self._inputs(B)
+        if inputs is None:
+            return self.default
+        hp = optimal_hierarchy(self.names, *inputs, max_threshold=self.max_threshold, exact=False, batch=B)
         model = Plan(tuple(self.names.index(x) for x in hp.chain), tuple(hp.thresholds), float(hp.speedup))
         alone = Plan((n - 1,), (), 1.0)
         candidates = [model] if model.chain == alone.chain else [model, alone]
@@ -130,6 +140,48 @@ class AutoPlanner:
             if r is None or r[1] <= 0:  # not yet run at this batch size: run it once
                 return c
         return max(zip(candidates, seen), key=lambda cr: cr[1][0] / cr[1][1])[0]
+
+    # -- online re-planning (hsd_fast.engine.replan) ---------------------------------------------
+
+    def with_call(self, chain: tuple[int, ...], levels) -> "AutoPlanner":
+        """A copy of this planner that also holds a running call's measurements so far: ``levels``,
+        the call's :class:`~hsd_fast.engine.metrics.LevelMetrics` (its ``chain``'s levels, totals up
+        to now).  The realized decode rates are not copied (re-planning does not use them)."""
+        other = AutoPlanner(self.names, self.drafter, self.default.thresholds, self.max_threshold)
+        other.costs = [{k: list(v) for k, v in book.items()} for book in self.costs]
+        other.counts = {k: list(v) for k, v in self.counts.items()}
+        for i, lm in zip(chain, levels):
+            for total, (calls, seconds) in lm.by_total.items():
+                _add(other.costs[i], total, calls, seconds)
+        for lower, upper, lm in zip(chain, chain[1:], levels[1:]):
+            _add(other.counts, (lower, upper), lm.accepted, lm.rejections)
+        return other
+
+    def thresholds_for(self, chain: tuple[int, ...], B: int) -> tuple[int, ...] | None:
+        """The latency-optimal thresholds of the FIXED ``chain`` at ``B`` rows from what this planner
+        holds, or ``None`` where it cannot tell yet (a level without a cost point, an edge of the chain
+        without an acceptance count).  ``optimal_hierarchy`` over the chain's levels and edges; where
+        it prefers a shorter chain (a suffix of this one, or the target alone), the best thresholds of
+        this chain by ``hsd_ref.latency.fhierarchy_latency`` over ``1..max_threshold`` each."""
+        from itertools import product
+
+        from hsd_ref.latency import fhierarchy_latency
+        from hsd_ref.optimize import optimal_hierarchy
+
+        if len(chain) < 2 or any(sum(self.counts.get(e, (0, 0))) == 0 for e in zip(chain, chain[1:])):
+            return None
+        inputs = self._inputs(B)
+        if inputs is None:
+            return None
+        costs, acceptance = inputs
+        names = [self.names[i] for i in chain]
+        edges = {e: acceptance[e] for e in zip(names, names[1:])}
+        hp = optimal_hierarchy(names, {x: costs[x] for x in names}, edges, max_threshold=self.max_threshold, exact=False, batch=B)
+        if tuple(hp.chain) == tuple(names):
+            return tuple(hp.thresholds)
+        curves, alphas = [costs[x] for x in names], [edges[e] for e in zip(names, names[1:])]
+        grid = product(range(1, self.max_threshold + 1), repeat=len(chain) - 1)
+        return min(grid, key=lambda ts: (fhierarchy_latency(curves, alphas, ts, batch=B), ts))
 
 
 def _add(book: dict, key, a, b) -> None:
