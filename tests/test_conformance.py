@@ -120,8 +120,9 @@ def test_fast_capability_flags_agree_with_the_ref_scheme(name):
 
 def test_every_engine_scheme_is_sampled_through_the_engine_in_every_level_kind():
     """The statistical and draw-for-draw tests of a single-draft scheme go through SpeculativeDecoder
-    (not a twin) in every level kind of hsd_fast.fidelity.cells; only multi-draft schemes use the
-    small multi-draft sampler, until the engine has multi-draft levels."""
+    (not a twin) in every level kind of hsd_fast.fidelity.cells.  Multi-draft schemes go through
+    SpeculativeDecoder(n_drafts=N) draw for draw and by G test in tests/fast/test_engine_multidraft.py
+    (two-level stacks); the fidelity run still samples them with its small multi-draft sampler."""
     from hsd_fast.engine import ENGINE_SCHEMES, SpeculativeDecoder
     from hsd_fast.fidelity import LOSSLESS_SCHEMES, MULTI_DRAFT_SCHEMES, cells
     from hsd_fast.kernels import KERNELS
@@ -129,6 +130,10 @@ def test_every_engine_scheme_is_sampled_through_the_engine_in_every_level_kind()
     assert set(ENGINE_SCHEMES) == {n for n, s in KERNELS.items() if not s.multi_draft}
     assert set(MULTI_DRAFT_SCHEMES) == {n for n, s in KERNELS.items() if s.multi_draft}
     assert set(LOSSLESS_SCHEMES) == set(KERNELS) and tuple(cells.ENGINE_SCHEMES) == tuple(ENGINE_SCHEMES)
+    for scheme in MULTI_DRAFT_SCHEMES:  # the engine runs every multi-draft scheme at a two-level stack
+        setup = cells.build("tokenwise", "draft")
+        dec = SpeculativeDecoder(setup.levels, scheme=scheme, n_drafts=2, thresholds=2)
+        assert dec.generate([[0]], max_new_tokens=3, seeds=[0]).tokens[0], scheme
     for scheme in ENGINE_SCHEMES:
         for kind in cells.LEVEL_KINDS:
             dec = cells.build(scheme, kind).decoder()

@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..warp import Warp
-from . import step
+from . import multidraft, step
 from .stopping import check_stop_rule
 from .config import ENGINE_SCHEMES, as_int, as_int_list, as_prompt_list, default_thresholds, is_int_like, parse_device, parse_dtype, parse_probs_dtype, parse_schemes, parse_seeds, parse_thresholds
 from .levels import ModelLevel, level_name
@@ -235,6 +235,9 @@ class SpeculativeDecoder:
     the chain stays the call's; lossless: a plan depends on past iterations only).  ``None``: once per call.
     ``probs_dtype``: the dtype of every probability row (``"float32"``, the default, or ``"float64"``);
     the kernels accumulate cumulative sums and residual masses in float64 either way (docs/engine.md).
+    ``n_drafts``: drafts per row for a multi-draft scheme (``rrs``, ``rrs_without_replacement``,
+    ``spectr_kseq``; required with them) on a two-level stack with a draft model at levels[0]; ``thresholds``
+    is then each draft's length ``K`` (:mod:`hsd_fast.engine.multidraft`).  ``None`` or 1 otherwise.
     """
 
     def __init__(
@@ -262,6 +265,7 @@ class SpeculativeDecoder:
         compile: bool = False,
         draft_stop: object = None,
         replan_every: int | None = None,
+        n_drafts: int | None = None,
     ):
         dtype, device, probs_dtype = parse_dtype(dtype), parse_device(device), parse_probs_dtype(probs_dtype)
         if not isinstance(compile, bool):
@@ -277,7 +281,9 @@ class SpeculativeDecoder:
             if dev is not None and torch.device(dev) != self.device:
                 raise ValueError(f"levels[{i}]: {level_name(lvl)} is on {dev}, the target on {self.device}; pass device= to place every level together")
 
-        self.schemes, temperature = parse_schemes(scheme, n, temperature)
+        md = multidraft.parse_multidraft(scheme, n_drafts, self.levels, temperature, thresholds, draft_stop, replan_every)
+        self.multi_draft, self.n_drafts = md is not None, md[1] if md else 1
+        self.schemes, temperature = ((md[0],), temperature) if md else parse_schemes(scheme, n, temperature)
         self.warp = Warp(temperature, top_k, top_p, allowed_ids=allowed_ids, logits_processor=logits_processor, dtype=probs_dtype, context_processor=context_processor)
         self.warp.check_vocab(self.vocab_size)
         # Restricted vocabulary (hsd_fast.engine.vocab): with allowed_ids, no processor (they need
@@ -342,7 +348,7 @@ class SpeculativeDecoder:
             if i < self.n:
                 s += " (T=auto)" if self.auto else f" (T={self.thresholds[i]})"
             if i > 0:
-                s += f" <{self.schemes[i - 1]}>"
+                s += f" <{self.schemes[i - 1]}{f', {self.n_drafts} drafts' if self.multi_draft else ''}>"
             parts.append(s)
         plan = "; levels and thresholds chosen per call for its batch size" if self.auto else ""
         return " -> ".join(parts) + plan + f"; {self.warp!r}"
@@ -493,13 +499,14 @@ class SpeculativeDecoder:
         metrics.timed, metrics.plan, metrics.probe_s = self.timing, plan.describe(self._names), probe_s
         metrics.plans = [(0, plan.chain, plan.thresholds)]
         replan = Replanner(self, run, rows, B, self.replan_every, metrics.plans) if self.replan_every else None
-        self._prefill(ids, backends)
+        self._prefill(multidraft.expand_ids(ids, self.n_drafts), backends)  # every draft row's own cache row
+        md = self.multi_draft
         history: list[list[int]] = [[] for _ in range(B)]  # each row's tokens on the host (stop rules only)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         metrics.prefill_s = time.perf_counter() - t0 - probe_s
         while rows.n_live:
-            out, num_accepted = step.iteration(run, rows.ctx, rows.lens, rows.active)
+            out, num_accepted = (multidraft.iteration if md else step.iteration)(run, rows.ctx, rows.lens, rows.active)
             out = self.vocab.to_model(out)
             count = rows.emit(out, num_accepted, max_new_tokens, eos)
             finished, bad = torch.stack([(~rows.active & ~rows.harvested).any(), run.bad.any()]).tolist()  # the iteration's one host read
@@ -519,7 +526,7 @@ class SpeculativeDecoder:
                     live = rows.compact()
                     run.keep(live)
                     for be in backends:
-                        be.select_rows(live)
+                        be.select_rows(multidraft.cache_rows(live, self.n_drafts) if md else live)
             if replan is not None:  # between iterations, from past iterations only
                 replan.after_iteration()
         if dev.type == "cuda":

@@ -59,6 +59,7 @@ class CallState:
         self.row_tol = ROW_SUM_TOL[self.dtype]  # a probability row must sum to 1 within this
         self.drafter_at_bottom = self.n > 0 and getattr(self.levels[0], "kind", None) == "drafter"
         self.stop_rule = dec.draft_stop  # levels[0]'s stopping rule (hsd_fast.engine.stopping) or None
+        self.n_drafts = getattr(dec, "n_drafts", 1)  # drafts per row of a multi-draft stack (hsd_fast.engine.multidraft)
         self.keys = row_keys(seeds)  # [B]
         self.counters = torch.zeros_like(seeds)  # [B] uniforms used by each row
         self.bad = torch.zeros(len(self.levels), dtype=torch.bool, device=seeds.device)  # a level gave bad rows
@@ -116,6 +117,13 @@ class CallState:
         ragged = {} if draft_lens is None else {"draft_lens": draft_lens}  # only adaptive drafts: custom verify_fns need not take it
         out = self.dec.verify_fn(scheme, target_probs, draft_probs, draft_tokens, draws=draws[:, : draws_needed(scheme, draft_tokens.shape[1])], **ragged)
         self.tally.verified(level, self._clock() - t0)
+        return out[0].to(torch.int64), out[1].to(torch.int64)
+
+    def verify_multi(self, target_probs, draft_probs, draft_tokens, draws):
+        """The target's multi-draft verification: [B, N, K+1, V], [B, N, K, V], [B, N, K], draws [B, K N + 1]."""
+        t0 = self._clock()
+        out = self.dec.verify_fn(self.schemes[0], target_probs, draft_probs, draft_tokens, draws=draws)
+        self.tally.verified(1, self._clock() - t0)
         return out[0].to(torch.int64), out[1].to(torch.int64)
 
     def record(self, level: int, target_probs, draft_probs, draft_tokens, num_accepted, active, draft_lens=None) -> None:

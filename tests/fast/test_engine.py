@@ -473,7 +473,7 @@ def test_bad_input_is_rejected_with_named_argument(models):
     with pytest.raises(ValueError, match="scheme"):
         SpeculativeDecoder([draft, target], scheme="no-such-scheme")
     with pytest.raises(ValueError, match="scheme"):
-        SpeculativeDecoder([draft, target], scheme="rrs")  # multi-draft: not an engine level scheme
+        SpeculativeDecoder([draft, target], scheme="rrs")  # multi-draft: needs n_drafts= (test_engine_multidraft.py)
     with pytest.raises(ValueError, match="scheme"):
         SpeculativeDecoder(["ngram", draft, target], scheme=["greedy", "tokenwise"])
     with pytest.raises(ValueError):
