@@ -139,11 +139,14 @@ def _sample_file(sample_dir: Path, cell: Cell) -> Path:
 
 
 def _load_samples(sample_dir: Path | None, cell: Cell, n: int, N: int, base: int) -> tuple | None:
-    """``(samples, info, seconds, base)`` stored for ``cell`` with these ``n``, ``N`` and ``base``, else None."""
+    """``(samples, info, seconds, base)`` stored for ``cell`` with these ``n``, ``N`` and ``base`` (and,
+    for a vLLM cell, the same extra environment), else None."""
     if sample_dir is None or not _sample_file(sample_dir, cell).is_file():
         return None
     got = json.loads(_sample_file(sample_dir, cell).read_text())
     if (got.get("n"), got.get("N"), got.get("base")) != (n, N, base):
+        return None
+    if cell.engine == "vllm" and got["info"].get("env") != _vllm_env(cell):
         return None
     return got["samples"], {**got["info"], "cached": str(_sample_file(sample_dir, cell))}, got["seconds"], base
 
@@ -157,6 +160,14 @@ def _save_samples(sample_dir: Path | None, cell: Cell, n: int, N: int, entry: tu
                                                          default=str))
 
 
+def _vllm_env(cell: Cell) -> dict:
+    """The extra environment of a vLLM cell: our plugin's block verification, or (vLLM's own cells)
+    the plugin's CPU fix only (HSD_VLLM_VERIFY=vllm: vLLM's verifier with the temperatures of random
+    requests initialised; vLLM #55005, docs/vllm.md).  Without it vLLM 0.32 on CPU divides
+    speculative rows by uninitialised temperatures (docs/peer-audit.md §6)."""
+    return {"HSD_VLLM_VERIFY": "block" if cell.method == "plugin" else "vllm"}
+
+
 def _vllm_spec(cell: Cell, setup: Setup, n: int, seeds: list[int]) -> tuple[dict, dict]:
     """The runner's ``--json`` object and extra environment of a vLLM cell."""
     if cell.method == "ngram":
@@ -167,7 +178,7 @@ def _vllm_spec(cell: Cell, setup: Setup, n: int, seeds: list[int]) -> tuple[dict
             spec_cfg["rejection_sample_method"] = "block"
         if cell.method == "probabilistic":
             spec_cfg["draft_sample_method"] = "probabilistic"
-    env = {"HSD_VLLM_VERIFY": "block"} if cell.method == "plugin" else {}
+    env = _vllm_env(cell)
     spec = {"target": setup.target_path, "speculative_config": spec_cfg, "prompt_ids": setup.prompt, "allowed": list(setup.allowed), "n": n,
             "seeds": seeds, "temperature": 1.0, "top_p": cell.top_p}
     return spec, env
@@ -241,11 +252,11 @@ def run_audit(cells: Sequence[str] | None = None, *, tv: float = DEFAULT_TV, sam
                 try:
                     if setup.target_path is None:
                         raise E.NotRun("the tiny setup has no model folder for vLLM")
-                    if cell.method == "plugin":
-                        E.plugin_available()
+                    E.plugin_available()  # every vLLM cell: the plugin, or its CPU fix (_vllm_spec)
                     spec, env = _vllm_spec(cell, setup, n, [base + i for i in range(N)])
                     log = None if log_dir is None else Path(log_dir) / f"vllm_{cell.name.replace('/', '_')}.log"
-                    sampled[cell.name] = (*E.sample_vllm(spec, env=env, log=log), time.perf_counter() - t1, base)
+                    tokens, info = E.sample_vllm(spec, env=env, log=log)
+                    sampled[cell.name] = (tokens, {**info, "env": env}, time.perf_counter() - t1, base)
                     _save_samples(sample_dir, cell, n, N, sampled[cell.name])
                 except E.NotRun as exc:
                     sampled[cell.name] = ("not run", str(exc))

@@ -34,7 +34,10 @@ def run(spec: dict) -> dict:
         if key not in spec:
             raise ValueError(f"--json: missing key {key!r}")
     kwargs = dict(model=spec["target"], tokenizer=spec.get("tokenizer", spec["target"]), enforce_eager=True, dtype=spec.get("dtype", "float32"),
-                  max_model_len=int(spec.get("max_model_len", 256)), seed=0)
+                  max_model_len=int(spec.get("max_model_len", 256)), seed=0,
+                  # bounded batch: with the default 256 concurrent sequences the CPU worker's float32
+                  # logits buffers reached 21 GB and were killed for memory on a 23 GiB machine
+                  max_num_seqs=int(spec.get("max_num_seqs", 16)))
     if spec.get("speculative_config"):
         kwargs["speculative_config"] = spec["speculative_config"]
     start = time.perf_counter()
