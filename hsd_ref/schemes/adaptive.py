@@ -273,38 +273,45 @@ class AdaptiveLength(JointLawMixin):
     # -- exact law ---------------------------------------------------------------------------
 
     def joint_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> dict[tuple[int, tuple[int, ...]], Fraction]:
-        """Exact law of ``(num_accepted, emitted tokens)``, drafting and the rule's coins included.
-
-        Depth-first over the draft tree (explicit stack, any ``k``): at a node of length ``t`` the
-        branch "stop" (mass ``s``) settles with the verifier's plan on ``x_1..x_t``, the branch
-        "go on" (mass ``1 - s``) drafts every ``x_{t+1}`` of positive draft probability."""
-        vocab = check_pair(target, draft)
-        prefix = check_context(prefix, vocab)
-        k = check_k(k)
-        tgt, prop = self.reference(target), self.proposal(draft)
+        """Exact law of ``(num_accepted, emitted tokens)``, drafting and the rule's coins included
+        (:meth:`_leaves`: every realised draft with its mass, settled by the verifier's plan)."""
         law: dict[tuple[int, tuple[int, ...]], Fraction] = {}
-
-        def settle(mass: Fraction, xs, t_rows, d_rows, coins) -> None:
+        for mass, xs, t_rows, d_rows, coins in self._leaves(target, draft, prefix, k):
             plan = self.settle_plan(t_rows, d_rows, xs, coins)
             for tau, pt in enumerate(plan.tau_law()):
                 if pt:
                     for v, pv in enumerate(plan.emit[tau]):
                         law_add(law, (tau, xs[:tau] + (v,)), mass * pt * pv)
+        return law
 
-        # (drafted tokens, mass, target rows p_1..p_{t+1}, draft rows q_1..q_t, stop chances met)
+    def length_law(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int) -> dict[int, Fraction]:
+        """Exact law of the draft length ``T`` (the stopping time) of one iteration."""
+        law: dict[int, Fraction] = {}
+        for mass, xs, *_ in self._leaves(target, draft, prefix, k):
+            law_add(law, len(xs), mass)
+        return law
+
+    def _leaves(self, target: TableLM, draft: TableLM, prefix: tuple[int, ...], k: int):
+        """Every realised draft ``(mass, xs, target rows p_1..p_{t+1}, draft rows q_1..q_t, stop
+        chances met)``.  Depth-first over the draft tree (explicit stack, any ``k``): at a node of
+        length ``t`` the branch "stop" (mass ``s``) ends the draft at ``x_1..x_t``, the branch "go on"
+        (mass ``1 - s``) drafts every ``x_{t+1}`` of positive draft probability."""
+        vocab = check_pair(target, draft)
+        prefix = check_context(prefix, vocab)
+        k = check_k(k)
+        tgt, prop = self.reference(target), self.proposal(draft)
         stack = [((), ONE, [tgt.probs(prefix)], [], ())]
         while stack:
             xs, mass, t_rows, d_rows, coins = stack.pop()
             if len(xs) == k:
-                settle(mass, xs, t_rows, d_rows, coins + (None,))
+                yield mass, xs, t_rows, d_rows, coins + (None,)
                 continue
             q_next = prop.probs(prefix + xs)
             for s, ys, q_y in reversed(list(self._branches(prefix, xs, d_rows, t_rows, q_next, tgt, prop))):
                 if ys is None:  # stop here, verify xs
-                    settle(mass * s, xs, t_rows, d_rows, coins + (s,))
+                    yield mass * s, xs, t_rows, d_rows, coins + (s,)
                 else:  # go on with ys = xs + (v,), drafted with probability q_y
                     stack.append((ys, mass * q_y * (1 - s), t_rows + [tgt.probs(prefix + ys)], d_rows + [q_next], coins + (s,)))
-        return law
 
     def _branches(self, prefix, xs, d_rows, t_rows, q_next, tgt, prop):
         """``(stop chance, None, None)`` for the stop branch, then ``(stop chance, xs + (v,), q(v))``
