@@ -349,14 +349,15 @@ def _check_lens(spec: KernelSpec, draft_lens, target_probs, draft_tokens) -> lis
     B, K = draft_tokens.shape
     if tuple(draft_lens.shape) != (B,):
         raise ValueError(f"draft_lens: expected shape {(B,)} to match draft_tokens {tuple(draft_tokens.shape)}, got {tuple(draft_lens.shape)}")
-    lens = [int(n) for n in draft_lens.tolist()]
-    for b, n in enumerate(lens):
-        if not 0 <= n <= K:
-            raise ValueError(f"draft_lens[{b}] = {n} is outside [0, K = {K}]")
-        pad = draft_tokens[b, n:]
-        if bool((pad != PLACEHOLDER).any()):
-            j = n + int(torch.nonzero(pad != PLACEHOLDER)[0, 0])
-            raise ValueError(f"draft_tokens[{b}, {j}] = {int(draft_tokens[b, j])}: past draft_lens[{b}] = {n}, expected the padding -1")
+    lens = [int(n) for n in draft_lens.tolist()]  # the one host read: the lengths group the rows
+    bad = [b for b, n in enumerate(lens) if not 0 <= n <= K]
+    if bad:
+        raise ValueError(f"draft_lens[{bad[0]}] = {lens[bad[0]]} is outside [0, K = {K}]")
+    past = torch.arange(K, device=draft_tokens.device)[None, :] >= draft_lens.to(draft_tokens.device)[:, None]  # [B, K]
+    wrong = past & (draft_tokens != PLACEHOLDER)
+    if bool(wrong.any()):
+        b, j = (int(i) for i in torch.nonzero(wrong)[0])
+        raise ValueError(f"draft_tokens[{b}, {j}] = {int(draft_tokens[b, j])}: past draft_lens[{b}] = {lens[b]}, expected the padding -1")
     return lens
 
 

@@ -128,7 +128,7 @@ class CallState:
 
     def record(self, level: int, target_probs, draft_probs, draft_tokens, num_accepted, active, draft_lens=None) -> None:
         self.tally.record(level, target_probs, draft_probs, draft_tokens, num_accepted, active, draft_lens)
-        if draft_lens is not None and level == 1:  # what the stopping rule may learn from: this round's tested tokens
+        if draft_lens is not None and level == 1 and self.stop_rule.learns:  # what the rule learns from: this round's tested tokens
             cols = torch.arange(draft_tokens.shape[1], device=num_accepted.device)[None, :]
             tested = (cols <= num_accepted[:, None]) & (cols < draft_lens[:, None]) & active[:, None]
             conf = draft_probs.gather(-1, draft_tokens.clamp(min=0)[..., None])[..., 0]

@@ -23,6 +23,7 @@ row's draft lengths (never its law) depend on the other rows.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import torch
@@ -37,9 +38,11 @@ class StopRule:
     ids, ``probs`` [B, t, V] their draft rows and ``coin`` [B] float64 the rule's own uniforms.
     ``observe(conf, accepted)`` is called after each verification of the bottom level with the
     drafted tokens' draft probabilities and whether each was accepted (both [n] over the drafted
-    positions of active rows); rules that learn override it."""
+    positions of active rows) when ``learns`` is True; rules that learn set it and override
+    ``observe``."""
 
     name = "stop"
+    learns = False  # True: observe() uses what it is given (the engine gathers it only then)
 
     def stop(self, t: int, tokens: torch.Tensor, probs: torch.Tensor, coin: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -110,6 +113,7 @@ class LearnedConfidenceStop(StopRule):
             raise ValueError(f"window: LearnedConfidenceStop expects an int >= 1, got {window!r}")
         self.window = window
         self.name = f"learned-confidence(start={self.start:g}, window={window})"
+        self.learns = True
         self.reset()
 
     def reset(self) -> None:
@@ -129,7 +133,7 @@ class LearnedConfidenceStop(StopRule):
             gain += -1 if ok else 1
             if gain > best_gain and c < self.max_threshold:
                 best, best_gain = c, gain
-        self.threshold = float(torch.nextafter(torch.tensor(best, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64))) if best_gain else 0.0
+        self.threshold = math.nextafter(best, 2.0) if best_gain else 0.0  # just above c: q <= c stops
 
 
 def check_stop_rule(rule: object) -> StopRule | None:
