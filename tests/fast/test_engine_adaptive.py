@@ -10,7 +10,6 @@ thresholds into hsd_ref, and by a G test of the first tokens' law at 1e-6 with a
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 import pytest
@@ -22,7 +21,7 @@ from hsd_fast.engine.tables import TableModel
 from hsd_ref import TableLM
 from hsd_ref.registry import get_scheme
 from hsd_ref.schemes import adaptive as ref_adaptive
-from tests.helpers import Replay
+from tests.helpers import Replay, assert_target_law_with_power
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,6 +76,8 @@ def test_the_stop_actually_varies_the_length():
 
 class Recorder(StopRule):
     """Wraps a learned rule and records the threshold each iteration used, for the replay."""
+
+    learns = True
 
     def __init__(self, inner: LearnedConfidenceStop):
         self.inner, self.used, self.name = inner, [], "recorder"
@@ -139,63 +140,12 @@ def test_draft_stop_errors_name_the_argument():
 
 # ------------------------------------------------------------ the learned rule's law, statistically
 
-N_SAMPLES = 6000
-ALPHA = 1e-6
-
-
-def exact_law(target: TableLM, prompt, n):
-    """The target's law of the first n tokens, as {tuple: Fraction}."""
-    law = {(): Fraction(1)}
-    for _ in range(n):
-        nxt = {}
-        for s, p in law.items():
-            for v, pv in enumerate(target.probs(tuple(prompt) + s)):
-                if pv:
-                    nxt[s + (v,)] = nxt.get(s + (v,), 0) + p * pv
-        law = nxt
-    return law
-
-
-def g_test(counts: dict, law: dict, n: int) -> float:
-    """The p-value of the G test of ``counts`` against ``law`` (cells of expected count < 5 pooled)."""
-    from scipy.stats import chi2
-
-    cells = sorted(law, key=lambda s: law[s])
-    pooled, obs, exp = [], 0, 0.0
-    for s in cells:
-        e = float(law[s]) * n
-        if e < 5:
-            obs, exp = obs + counts.get(s, 0), exp + e
-        else:
-            pooled.append((counts.get(s, 0), e))
-    if exp:
-        pooled.append((obs, exp))
-    stat = 2 * sum(o * math.log(o / e) for o, e in pooled if o)
-    return float(chi2.sf(stat, len(pooled) - 1))
-
-
-def sample_counts(dec, prompt, n_tokens, n, seed0):
-    res = dec.generate([list(prompt)] * n, max_new_tokens=n_tokens, seeds=list(range(seed0, seed0 + n)))
-    counts: dict = {}
-    for row in res.tokens:
-        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
-    return counts
-
 
 def test_learned_rule_keeps_the_target_law_and_the_test_has_power():
     """First 3 tokens, 6000 rows in one call (the rule learns across the batch's rounds), G test at
     false-failure probability 1e-6.  Power: the same test on the DRAFT's law (what a verifier that
     accepts everything would emit; TV to the target's law checked >= 0.15 here) must reject."""
     target, draft = pair(11)
-    prompt = (1,)
     dec = SpeculativeDecoder([TableModel([draft], "d"), TableModel([target], "t")], scheme="block", thresholds=3,
                              draft_stop=LearnedConfidenceStop(threshold=0.4, window=64), eos_token_id=None)
-    counts = sample_counts(dec, prompt, 3, N_SAMPLES, 0)
-    law = exact_law(target, prompt, 3)
-    assert g_test(counts, law, N_SAMPLES) > ALPHA, counts
-    # power check: samples of the draft's law fail the same test
-    draft_law = exact_law(draft, prompt, 3)
-    tv = sum(abs(law.get(s, 0) - draft_law.get(s, 0)) for s in set(law) | set(draft_law)) / 2
-    assert tv >= Fraction(15, 100), float(tv)
-    plain = SpeculativeDecoder([TableModel([draft], "d")], eos_token_id=None)
-    assert g_test(sample_counts(plain, prompt, 3, N_SAMPLES, 0), law, N_SAMPLES) < ALPHA
+    assert_target_law_with_power(dec, target, draft, (1,))

@@ -25,8 +25,7 @@ from hsd_fast.engine.tables import TableModel
 from hsd_ref import TableLM
 from hsd_ref.exact import sample_index
 from hsd_ref.registry import get_scheme
-from tests.fast.test_engine_adaptive import exact_law, g_test, sample_counts
-from tests.helpers import Replay
+from tests.helpers import Replay, assert_target_law_with_power
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -214,24 +213,12 @@ def test_multidraft_metrics_count_the_target_rounds():
 
 # ------------------------------------------------------------ the law, statistically
 
-N_SAMPLES = 6000
-ALPHA = 1e-6
-
-
 @pytest.mark.parametrize("name", ["rrs", "rrs_without_replacement"])
 def test_multidraft_keeps_the_target_law_and_the_test_has_power(name):
     """First 3 tokens of 6000 rows, G test at false-failure probability 1e-6 against the exact target
     law.  Power: the same test on the DRAFT's law (TV to the target's >= 0.15) must reject."""
     target, draft = pair(11)
-    prompt = (1,)
-    counts = sample_counts(decoder(name, 3, target, draft, 2), prompt, 3, N_SAMPLES, 0)
-    law = exact_law(target, prompt, 3)
-    assert g_test(counts, law, N_SAMPLES) > ALPHA, counts
-    draft_law = exact_law(draft, prompt, 3)
-    tv = sum(abs(law.get(s, 0) - draft_law.get(s, 0)) for s in set(law) | set(draft_law)) / 2
-    assert tv >= Fraction(15, 100), float(tv)
-    plain = SpeculativeDecoder([TableModel([draft], "d")], eos_token_id=None)
-    assert g_test(sample_counts(plain, prompt, 3, N_SAMPLES, 0), law, N_SAMPLES) < ALPHA
+    assert_target_law_with_power(decoder(name, 3, target, draft, 2), target, draft, (1,))
 
 
 # ------------------------------------------------------------ errors
